@@ -1,0 +1,270 @@
+"""The query and candidate towers and the retrieval model that trains them.
+
+Movies are rows of one frozen embedding table initialised from their text
+embeddings. Row 0 is the padding and out-of-vocabulary row: it is all zeros and
+is masked out wherever a history is read, so an unknown movie in a history
+contributes nothing instead of something made up.
+
+Query model (a user's watch history to a query embedding):
+    history ids [batch, max_history] -> frozen text embeddings
+    -> concat centred ratings -> masked self multi-head attention
+    -> masked average or max pooling -> Dense -> Dropout -> Dense [batch, out]
+
+Candidate model (movie ids to candidate embeddings):
+    movie ids [num] -> the same frozen text embeddings -> Dense -> Dense [num, out]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from recray.config import ModelConfig
+from recray.schema import HISTORY_IDS, HISTORY_RATINGS, PAD_ID
+
+
+def text_embedding_layer(movie_vectors: np.ndarray, name: str) -> tf.keras.layers.Layer:
+    """A frozen Embedding whose rows are the movies' text embeddings.
+
+    Args:
+        movie_vectors: [vocab_size, dim] with row `PAD_ID` all zeros.
+        name: Layer name.
+    """
+    vocab_size, dim = movie_vectors.shape
+    return tf.keras.layers.Embedding(
+        vocab_size,
+        dim,
+        embeddings_initializer=tf.keras.initializers.Constant(movie_vectors),
+        trainable=False,
+        name=name,
+    )
+
+
+class MaskedPooling(tf.keras.layers.Layer):
+    """Average or max over the valid positions of a padded sequence.
+
+    Padding must not change a user's embedding: [a] and [a, pad, pad] pool to
+    the same vector. An all-padding row pools to zeros.
+    """
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("average", "max"):
+            raise ValueError(f"Pooling must be `average` or `max`, got `{mode}`.")
+        self.mode = mode
+
+    def call(self, sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """Pool [batch, length, dim] over positions where mask [batch, length] holds."""
+        valid = tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]  # [batch, length, 1]
+        if self.mode == "average":
+            total = tf.reduce_sum(sequence * valid, axis=1)
+            count = tf.reduce_sum(valid, axis=1)
+            return tf.math.divide_no_nan(total, count)  # [batch, dim]
+        lowest = tf.fill(tf.shape(sequence), sequence.dtype.min)
+        pooled = tf.reduce_max(tf.where(valid > 0, sequence, lowest), axis=1)
+        has_any = tf.reduce_any(mask, axis=1, keepdims=True)
+        return tf.where(has_any, pooled, tf.zeros_like(pooled))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+class QueryModel(tf.keras.Model):
+    """Turns a padded watch history into a query embedding."""
+
+    def __init__(self, movie_vectors: np.ndarray, config: ModelConfig) -> None:
+        super().__init__(name="query_model")
+        self.config = config
+        self.movie_embedding = text_embedding_layer(movie_vectors, "history_movies")
+        self.attention = (
+            tf.keras.layers.MultiHeadAttention(
+                num_heads=config.num_heads,
+                key_dim=config.key_dim,
+                name="history_attention",
+            )
+            if config.use_attention
+            else None
+        )
+        self.pooling = MaskedPooling(config.pooling, name="history_pooling")
+        self.hidden = tf.keras.layers.Dense(
+            config.dense_units, activation="relu", name="query_hidden"
+        )
+        self.dropout = tf.keras.layers.Dropout(config.dropout)
+        self.projection = tf.keras.layers.Dense(config.output_dim, name="query_output")
+
+    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """Query embeddings [batch, output_dim] for `history_ids` and
+        `history_ratings`, both [batch, max_history]."""
+        ids = features[HISTORY_IDS]
+        mask = tf.not_equal(ids, PAD_ID)  # [batch, max_history]
+        sequence = self.movie_embedding(ids)  # [batch, max_history, dim]
+        if self.config.use_ratings:
+            ratings = tf.cast(features[HISTORY_RATINGS], sequence.dtype)
+            sequence = tf.concat([sequence, ratings[:, :, tf.newaxis]], axis=-1)
+
+        if self.attention is not None:
+            # A position attends to valid positions only, so padding never
+            # leaks into a real movie's attended vector.
+            pair_mask = tf.logical_and(mask[:, :, tf.newaxis], mask[:, tf.newaxis, :])
+            sequence = self.attention(
+                sequence, sequence, attention_mask=pair_mask, training=training
+            )  # [batch, max_history, dim (+1)]
+
+        pooled = self.pooling(sequence, mask)
+        hidden = self.dropout(self.hidden(pooled), training=training)
+        embedding = self.projection(hidden)
+        if self.config.normalize_embeddings:
+            embedding = tf.math.l2_normalize(embedding, axis=-1)
+        return embedding
+
+
+class CandidateModel(tf.keras.Model):
+    """Maps movie ids to candidate embeddings through their text embeddings."""
+
+    def __init__(self, movie_vectors: np.ndarray, config: ModelConfig) -> None:
+        super().__init__(name="candidate_model")
+        self.config = config
+        self.movie_embedding = text_embedding_layer(movie_vectors, "candidate_movies")
+        self.hidden = tf.keras.layers.Dense(
+            config.dense_units, activation="relu", name="candidate_hidden"
+        )
+        self.projection = tf.keras.layers.Dense(
+            config.output_dim, name="candidate_output"
+        )
+
+    def call(self, movie_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Candidate embeddings [num, output_dim] for movie ids [num]."""
+        embedding = self.projection(self.hidden(self.movie_embedding(movie_ids)))
+        if self.config.normalize_embeddings:
+            embedding = tf.math.l2_normalize(embedding, axis=-1)
+        return embedding
+
+
+class RetrievalModel(tf.keras.Model):
+    """Trains the query and candidate models with TFRS' Retrieval task.
+
+    With `negatives="catalogue"` each query is scored against every movie, an
+    exact softmax over the catalogue: the target candidates come first so the
+    Retrieval task's labels sit on the diagonal, and `score_mask` removes the
+    other targets of the batch and the target's own catalogue row. With
+    `negatives="in_batch"` the other targets of the batch are the negatives,
+    with accidental hits removed and, optionally, the logQ correction.
+
+    The loss is summed per replica and divided by the global batch size, so
+    that gradients summed across MultiWorkerMirroredStrategy replicas are the
+    gradient of the mean loss.
+    """
+
+    def __init__(
+        self,
+        movie_vectors: np.ndarray,
+        config: ModelConfig,
+        target_frequencies: np.ndarray | None = None,
+    ) -> None:
+        """Build both towers.
+
+        Args:
+            movie_vectors: [vocab_size, dim] text embeddings, row 0 zeros.
+            config: Tower and loss settings.
+            target_frequencies: [vocab_size] how often each movie is a training
+                target; needed for the logQ correction.
+        """
+        super().__init__(name="retrieval_model")
+        self.config = config
+        self.query_model = QueryModel(movie_vectors, config)
+        self.candidate_model = CandidateModel(movie_vectors, config)
+        self.catalogue_ids = tf.range(1, movie_vectors.shape[0], dtype=tf.int32)
+        self.task = tfrs.tasks.Retrieval(
+            loss=tf.keras.losses.CategoricalCrossentropy(
+                from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+            ),
+            temperature=config.temperature,
+            remove_accidental_hits=config.negatives == "in_batch",
+        )
+        self.sampling_probability = None
+        if config.negatives == "in_batch" and config.logq_correction:
+            if target_frequencies is None:
+                raise ValueError(
+                    "The logQ correction needs `target_frequencies`; pass them "
+                    "or set `logq_correction=False`."
+                )
+            counts = np.asarray(target_frequencies, dtype=np.float64) + 1.0
+            self.sampling_probability = tf.constant(
+                counts / counts.sum(), dtype=tf.float32
+            )
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+    def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        return self.query_model(features, training=training)
+
+    def per_example_loss(
+        self,
+        features: dict[str, tf.Tensor],
+        targets: tf.Tensor,
+        training: bool = False,
+    ) -> tf.Tensor:
+        """Softmax cross-entropy of each example's target movie, [batch].
+
+        Args:
+            features: `history_ids` and `history_ratings`, [batch, max_history].
+            targets: [batch] vocabulary ids of the movies watched next.
+        """
+        targets = tf.cast(tf.reshape(targets, [-1]), tf.int32)
+        queries = self.query_model(features, training=training)
+        positives = self.candidate_model(targets, training=training)
+
+        if self.config.negatives == "in_batch":
+            probability = None
+            if self.sampling_probability is not None:
+                probability = tf.gather(self.sampling_probability, targets)
+            return self.task(
+                queries,
+                positives,
+                candidate_ids=targets,
+                candidate_sampling_probability=probability,
+                compute_metrics=False,
+            )
+
+        catalogue = self.candidate_model(self.catalogue_ids, training=training)
+        candidates = tf.concat([positives, catalogue], axis=0)
+        batch = tf.shape(targets)[0]
+        own_target = tf.cast(tf.eye(batch), tf.bool)  # [batch, batch]
+        other_movies = tf.not_equal(
+            self.catalogue_ids[tf.newaxis, :], targets[:, tf.newaxis]
+        )  # [batch, catalogue]
+        return self.task(
+            queries,
+            candidates,
+            score_mask=tf.concat([own_target, other_movies], axis=1),
+            compute_metrics=False,
+        )
+
+    def train_step(self, batch: tuple) -> dict[str, tf.Tensor]:
+        features, targets = batch
+        with tf.GradientTape() as tape:
+            per_example = self.per_example_loss(features, targets, training=True)
+            loss = tf.nn.compute_average_loss(per_example)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.loss_tracker.update_state(per_example)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, batch: tuple) -> dict[str, tf.Tensor]:
+        features, targets = batch
+        per_example = self.per_example_loss(features, targets, training=False)
+        self.loss_tracker.update_state(per_example)
+        return {"loss": self.loss_tracker.result()}
+
+    @property
+    def metrics(self) -> list[tf.keras.metrics.Metric]:
+        return [self.loss_tracker]
+
+    def build_towers(self, max_history: int) -> None:
+        """Create every weight by calling both towers once on dummy input."""
+        dummy = {
+            HISTORY_IDS: tf.zeros([1, max_history], tf.int32),
+            HISTORY_RATINGS: tf.zeros([1, max_history], tf.float32),
+        }
+        self.query_model(dummy)
+        self.candidate_model(tf.zeros([1], tf.int32))

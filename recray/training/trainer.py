@@ -1,0 +1,231 @@
+"""Training the towers with Ray Train's TensorflowTrainer.
+
+Each worker builds the retrieval model under MultiWorkerMirroredStrategy,
+reads its dataset shard of the training and validation examples, and after
+every epoch reports the losses through `ray.train.report` with a checkpoint
+written by world rank 0. A restarted run picks up from the last checkpoint.
+
+A checkpoint holds the trainable weights only (`weights.npz`) and the epoch
+(`state.json`): the frozen text embeddings are rebuilt from the run's
+embeddings, which keeps checkpoints small even for 1536-dim OpenAI vectors.
+Adam's moments are not saved, so a resumed run restarts them from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.tensorflow import TensorflowTrainer
+
+from recray.config import ModelConfig, TrainConfig, from_dict, to_dict
+from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.npz"
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Where the final weights are and what each epoch reported."""
+
+    checkpoint_dir: Path
+    epochs: list[dict[str, Any]]
+
+
+def save_weights(model, directory: Path, epoch: int) -> None:
+    """Write a model's trainable weights and the finished epoch count."""
+    arrays = {f"w{index}": w.numpy() for index, w in enumerate(model.trainable_weights)}
+    np.savez(directory / WEIGHTS_FILE, **arrays)
+    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+
+
+def load_weights(model, directory: Path) -> int:
+    """Restore weights written by `save_weights`; return the epochs finished.
+
+    Raises:
+        ValueError: The checkpoint was written by a model of another shape.
+    """
+    with np.load(directory / WEIGHTS_FILE) as arrays:
+        saved = [arrays[f"w{index}"] for index in range(len(arrays.files))]
+    weights = model.trainable_weights
+    shapes = [tuple(w.shape) for w in weights]
+    if [a.shape for a in saved] != shapes:
+        raise ValueError(
+            f"Checkpoint `{directory}` holds weights of shapes "
+            f"{[a.shape for a in saved]}, the model has {shapes}. Was it "
+            "trained with another model config?"
+        )
+    for variable, value in zip(weights, saved):
+        variable.assign(value)
+    return json.loads((directory / STATE_FILE).read_text())["epoch"]
+
+
+def _shard_to_tf(shard, batch_size: int, shuffle_seed: int | None):
+    """A worker's dataset shard as a tf.data.Dataset of (features, target)."""
+    import tensorflow as tf
+
+    dataset = shard.to_tf(
+        feature_columns=[HISTORY_IDS, HISTORY_RATINGS],
+        label_columns=TARGET_ID,
+        batch_size=batch_size,
+        # Equal shards and whole batches give every worker the same number
+        # of steps, which MultiWorkerMirroredStrategy's collectives need.
+        drop_last=shuffle_seed is not None,
+        local_shuffle_buffer_size=None if shuffle_seed is None else 100 * batch_size,
+        local_shuffle_seed=shuffle_seed,
+    )
+    # Ray already gave this worker its own shard; tf.data must not shard again.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF
+    )
+    return dataset.with_options(options)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: build, resume, fit epoch by epoch, report."""
+    import recray  # noqa: F401  (Keras 2 switch, before TensorFlow loads)
+    import tensorflow as tf
+
+    from recray.model.towers import RetrievalModel
+
+    model_config = from_dict(ModelConfig, loop_config["model"])
+    train_config = from_dict(TrainConfig, loop_config["train"])
+    movie_vectors = ray.get(loop_config["movie_vectors"])
+    context = ray.train.get_context()
+
+    tf.keras.utils.set_random_seed(loop_config["seed"] + context.get_world_rank())
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = RetrievalModel(
+            movie_vectors, model_config, loop_config["target_frequencies"]
+        )
+        model.build_towers(loop_config["max_history"])
+        model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+
+    first_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            first_epoch = load_weights(model, Path(directory))
+
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
+    for epoch in range(first_epoch, train_config.epochs):
+        train_data = _shard_to_tf(
+            train_shard, train_config.batch_size, loop_config["seed"] + epoch
+        )
+        fitted = model.fit(train_data, epochs=1, verbose=0)
+        validation_data = _shard_to_tf(validation_shard, train_config.batch_size, None)
+        validation = model.evaluate(validation_data, verbose=0, return_dict=True)
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": float(fitted.history["loss"][-1]),
+            "val_loss": float(validation["loss"]),
+        }
+
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if context.get_world_rank() == 0:
+                save_weights(model, Path(directory), epoch + 1)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def check_enough_examples(num_examples: int, config: TrainConfig) -> None:
+    """Refuse a run in which some worker would get no whole batch.
+
+    Raises:
+        ValueError: Fewer examples than `num_workers * batch_size`.
+    """
+    needed = config.num_workers * config.batch_size
+    if num_examples < needed:
+        raise ValueError(
+            f"{num_examples} training examples cannot fill one batch of "
+            f"{config.batch_size} on each of {config.num_workers} workers "
+            f"({needed} needed). Lower `--batch-size` or `--num-workers`, or "
+            "use more data."
+        )
+
+
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    movie_vectors: np.ndarray,
+    target_frequencies: np.ndarray,
+    datasets: dict[str, ray.data.Dataset],
+    max_history: int,
+    storage_dir: Path,
+    seed: int = 0,
+) -> TrainingResult:
+    """Fit the towers on a Ray cluster and return the last checkpoint.
+
+    Args:
+        model_config: Towers and loss.
+        train_config: Workers, batch size, epochs, learning rate.
+        movie_vectors: [vocab_size, dim] text embeddings, row 0 zeros.
+        target_frequencies: [vocab_size] training target counts (logQ).
+        datasets: `train` and `validation` example datasets.
+        max_history: History length of the examples.
+        storage_dir: Where Ray Train keeps checkpoints; the run folder's
+            `train/`. Must be shared storage on a multi-node cluster.
+        seed: Seeds weights and the per-epoch shuffle.
+
+    Raises:
+        ValueError: Too few examples for the workers and batch size.
+        ray.train.TrainingFailedError: Training failed beyond its retries.
+    """
+    # The examples are read before training starts: Ray Data's read tasks
+    # need CPUs, and on a small cluster the workers hold them all, so reads
+    # started by the workers would wait forever.
+    # TODO(scale): at ml-25m this holds every example in the object store;
+    # stream instead, with CPUs reserved for Ray Data.
+    datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
+    check_enough_examples(datasets["train"].count(), train_config)
+    loop_config = {
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+        # One copy in the object store, read by every worker on its node.
+        "movie_vectors": ray.put(movie_vectors.astype(np.float32)),
+        "target_frequencies": target_frequencies,
+        "max_history": max_history,
+        "seed": seed,
+    }
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=train_config.num_workers,
+            use_gpu=train_config.use_gpu,
+            resources_per_worker={"CPU": train_config.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(storage_dir.resolve()),
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(
+            f"Training finished without a checkpoint; see the Ray Train logs "
+            f"under `{storage_dir}`."
+        )
+    epochs = sorted(
+        (metrics for _, metrics in result.best_checkpoints),
+        key=lambda metrics: metrics["epoch"],
+    )
+    return TrainingResult(Path(result.checkpoint.path), epochs)

@@ -1,0 +1,165 @@
+"""The towers and the retrieval loss, in one process on tiny inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from recray.config import ModelConfig
+from recray.model.towers import (
+    HISTORY_IDS,
+    HISTORY_RATINGS,
+    MaskedPooling,
+    QueryModel,
+    RetrievalModel,
+)
+
+
+def _movie_vectors(vocab_size: int = 6, dim: int = 8, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(vocab_size, dim))
+    vectors[0] = 0.0  # the padding / unknown row
+    return vectors.astype(np.float32)
+
+
+def _history(ids: list[list[int]], ratings: list[list[float]]) -> dict:
+    return {
+        HISTORY_IDS: tf.constant(ids, tf.int32),
+        HISTORY_RATINGS: tf.constant(ratings, tf.float32),
+    }
+
+
+@pytest.mark.parametrize("pooling", ["average", "max"])
+@pytest.mark.parametrize("use_attention", [True, False])
+def test_padding_does_not_change_the_query_embedding(pooling, use_attention):
+    config = ModelConfig(pooling=pooling, use_attention=use_attention, num_heads=2)
+    model = QueryModel(_movie_vectors(), config)
+
+    alone = model(_history([[3]], [[0.5]]))
+    padded = model(_history([[3, 0, 0]], [[0.5, 0.0, 0.0]]))
+    # Padding rows hold junk ratings in a malformed batch; the mask must win.
+    junk = model(_history([[3, 0, 0]], [[0.5, 9.0, -9.0]]))
+
+    np.testing.assert_allclose(alone.numpy(), padded.numpy(), atol=1e-6)
+    np.testing.assert_allclose(alone.numpy(), junk.numpy(), atol=1e-6)
+
+
+def test_history_order_and_content_change_the_embedding():
+    model = QueryModel(_movie_vectors(), ModelConfig())
+    one = model(_history([[3, 4, 0]], [[0.5, -0.5, 0.0]]))
+    other = model(_history([[3, 5, 0]], [[0.5, -0.5, 0.0]]))
+    assert not np.allclose(one.numpy(), other.numpy(), atol=1e-4)
+
+
+def test_masked_pooling_by_hand():
+    sequence = tf.constant([[[1.0, -2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = tf.constant([[True, True, False]])
+
+    average = MaskedPooling("average")(sequence, mask).numpy()
+    maximum = MaskedPooling("max")(sequence, mask).numpy()
+    empty = MaskedPooling("max")(sequence, tf.constant([[False, False, False]]))
+
+    np.testing.assert_allclose(average, [[2.0, 1.0]])
+    np.testing.assert_allclose(maximum, [[3.0, 4.0]])
+    np.testing.assert_allclose(empty.numpy(), [[0.0, 0.0]])
+
+
+def test_unknown_pooling_is_a_clear_error():
+    with pytest.raises(ValueError, match="`average` or `max`"):
+        MaskedPooling("sum")
+
+
+def _fixed_towers(model: RetrievalModel, queries: np.ndarray, candidates: np.ndarray):
+    """Replace both towers by lookups so the loss can be worked out by hand."""
+    model.query_model = lambda features, training=False: tf.constant(queries)
+    model.candidate_model = lambda ids, training=False: tf.gather(
+        tf.constant(candidates), ids
+    )
+
+
+def _softmax_cross_entropy(logits: np.ndarray, label: int) -> float:
+    return float(np.log(np.exp(logits).sum()) - logits[label])
+
+
+def test_catalogue_loss_matches_a_full_softmax_worked_by_hand():
+    # Catalogue of 3 movies (ids 1..3); two queries whose targets are 2 and 3.
+    candidates = np.array(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32
+    )
+    queries = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    config = ModelConfig(negatives="catalogue", temperature=0.5)
+    model = RetrievalModel(_movie_vectors(4, 2), config)
+    _fixed_towers(model, queries, candidates)
+
+    loss = model.per_example_loss({}, tf.constant([2, 3])).numpy()
+
+    # Scores against movies 1, 2, 3 divided by the temperature 0.5:
+    # query 1: [1.0, 0.0, 0.6] / 0.5 = [2.0, 0.0, 1.2], target movie 2
+    # query 2: [0.0, 2.0, 1.6] / 0.5 = [0.0, 4.0, 3.2], target movie 3
+    expected = [
+        _softmax_cross_entropy(np.array([2.0, 0.0, 1.2]), 1),
+        _softmax_cross_entropy(np.array([0.0, 4.0, 3.2]), 2),
+    ]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # On paper: log(e^2 + e^0 + e^1.2) - 0 = 2.4604 and
+    # log(e^0 + e^4 + e^3.2) - 3.2 = 1.1837.
+    np.testing.assert_allclose(loss, [2.4604, 1.1837], atol=1e-4)
+
+
+def test_in_batch_loss_with_logq_and_accidental_hits_by_hand():
+    candidates = np.array(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32
+    )
+    queries = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], dtype=np.float32)
+    # Movie 1 was a target 3 times, movie 2 once, movie 3 never: with add-one
+    # smoothing the sampling probabilities are [1, 4, 2, 1] / 8.
+    frequencies = np.array([0, 3, 1, 0])
+    config = ModelConfig(negatives="in_batch", temperature=1.0, logq_correction=True)
+    model = RetrievalModel(_movie_vectors(4, 2), config, frequencies)
+    _fixed_towers(model, queries, candidates)
+
+    # Targets 1, 2, 1: the third example's target repeats the first's.
+    loss = model.per_example_loss({}, tf.constant([1, 2, 1])).numpy()
+
+    log_q = np.log(np.array([4, 2, 4]) / 8)
+    scores = queries @ candidates[[1, 2, 1]].T - log_q  # [3 queries, 3 candidates]
+    # The duplicate of a query's own target is an accidental hit, not a negative.
+    row0 = np.array([scores[0, 0], scores[0, 1]])
+    row1 = scores[1]
+    row2 = np.array([scores[2, 1], scores[2, 2]])
+    expected = [
+        _softmax_cross_entropy(row0, 0),
+        _softmax_cross_entropy(row1, 1),
+        _softmax_cross_entropy(row2, 1),
+    ]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_logq_without_frequencies_is_a_clear_error():
+    config = ModelConfig(negatives="in_batch", logq_correction=True)
+    with pytest.raises(ValueError, match="target_frequencies"):
+        RetrievalModel(_movie_vectors(), config)
+
+
+@pytest.mark.parametrize("negatives", ["catalogue", "in_batch"])
+def test_a_few_steps_of_fit_lower_the_loss(negatives):
+    tf.keras.utils.set_random_seed(0)
+    config = dataclasses.replace(
+        ModelConfig(), negatives=negatives, dropout=0.0, temperature=0.2
+    )
+    vectors = _movie_vectors(vocab_size=30, dim=8, seed=1)
+    rng = np.random.default_rng(2)
+    ids = rng.integers(1, 30, size=(256, 5)).astype(np.int32)
+    # The target is a function of the history, so there is something to learn.
+    targets = (ids[:, 0] % 29 + 1).astype(np.int32)
+    features = {HISTORY_IDS: ids, HISTORY_RATINGS: np.zeros_like(ids, np.float32)}
+    dataset = tf.data.Dataset.from_tensor_slices((features, targets)).batch(64)
+
+    model = RetrievalModel(vectors, config, np.bincount(targets, minlength=30))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    fitted = model.fit(dataset, epochs=8, verbose=0)
+
+    losses = fitted.history["loss"]
+    assert losses[-1] < 0.8 * losses[0], losses
