@@ -46,7 +46,7 @@ class DataConfig:
     Attributes:
         data_dir: Folder with MovieLens `ratings.csv`, `movies.csv`,
             `links.csv` and `tags.csv` (env `RECRAY_DATA_DIR`).
-        tmdb_path: TMDB 5000 movies CSV; empty to use MovieLens text only
+        tmdb_path: TMDB 5000 movies CSV; `None` for MovieLens text only
             (env `RECRAY_TMDB_PATH`).
         max_history: Number of previous movies in each example's history.
         validation_fraction: Share of users held out for validation.
@@ -109,7 +109,7 @@ class ModelConfig:
     """
 
     num_heads: int = 2
-    key_dim: int = 64
+    key_dim: int = 32
     use_attention: bool = True
     use_ratings: bool = True
     pooling: Literal["average", "max"] = "average"
@@ -141,7 +141,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     batch_size: int = 256
-    epochs: int = 5
+    epochs: int = 3
     learning_rate: float = 1e-3
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -221,6 +222,9 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
         split: read_examples(_require(paths.examples / split, "histories"))
         for split in ("train", "validation")
     }
+    # Ray Train resumes a run it finds under its storage path; a new train
+    # stage must not pick up the checkpoints of an earlier, other config.
+    shutil.rmtree(paths.train, ignore_errors=True)
     result = fit_towers(
         config.model,
         config.train,

@@ -10,6 +10,12 @@ import pytest
 
 import recray  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TensorFlow import)
 
+# Ray reads its auth mode once, when it is first imported, so the token must be
+# in the environment before any test module imports ray. Ray 2.60 enforces it.
+RAY_TEST_TOKEN = uuid.uuid4().hex
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = RAY_TEST_TOKEN
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 MOVIELENS_SMALL = SHARED_DATA / "movielens" / "ml-latest-small"
@@ -22,11 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def ray_auth_token() -> str:
-    """A token for this session's Ray cluster; Ray 2.60 enforces token auth."""
-    token = uuid.uuid4().hex
-    os.environ["RAY_AUTH_MODE"] = "token"
-    os.environ["RAY_AUTH_TOKEN"] = token
-    return token
+    """The token of this session's Ray clusters."""
+    return RAY_TEST_TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +57,24 @@ def tmdb_5000() -> Path:
     if not TMDB_5000.is_file():
         pytest.fail(f"TMDB 5000 dump not found at {TMDB_5000}")
     return TMDB_5000
+
+
+@pytest.fixture(scope="session")
+def tiny_movielens(movielens_small: Path, tmp_path_factory) -> Path:
+    """A few hundred real ratings: the first 60 users' latest 8 ratings each,
+    with the movies, links and tags that they touch."""
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("ml-tiny")
+    ratings = pd.read_csv(movielens_small / "ratings.csv")
+    ratings = ratings[ratings.userId <= 60]
+    ratings = ratings.sort_values(["userId", "timestamp", "movieId"])
+    ratings = ratings.groupby("userId").tail(8)
+    movie_ids = set(ratings.movieId)
+    ratings.to_csv(folder / "ratings.csv", index=False)
+    for name in ("movies", "links", "tags"):
+        table = pd.read_csv(movielens_small / f"{name}.csv", dtype=str)
+        table[table.movieId.astype(int).isin(movie_ids)].to_csv(
+            folder / f"{name}.csv", index=False
+        )
+    return folder

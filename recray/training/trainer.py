@@ -105,6 +105,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     movie_vectors = ray.get(loop_config["movie_vectors"])
     context = ray.train.get_context()
 
+    # One TensorFlow thread pool per reserved CPU: several workers on one node
+    # would otherwise each start a thread per core and fight over them.
+    tf.config.threading.set_intra_op_parallelism_threads(train_config.cpus_per_worker)
+    tf.config.threading.set_inter_op_parallelism_threads(train_config.cpus_per_worker)
     tf.keras.utils.set_random_seed(loop_config["seed"] + context.get_world_rank())
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():

@@ -1,0 +1,118 @@
+"""The whole main job on a few hundred real ratings, through real Ray Train."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recray import pipeline
+from recray.config import (
+    DataConfig,
+    EmbeddingConfig,
+    ModelConfig,
+    PipelineConfig,
+    TrainConfig,
+    load_yaml,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_cluster, tiny_movielens, tmdb_5000, tmp_path_factory):
+    """Run every stage once on tiny data with 2 training workers."""
+    root = tmp_path_factory.mktemp("runs")
+    config = PipelineConfig(
+        name="tiny",
+        runs_dir=root,
+        data=DataConfig(data_dir=tiny_movielens, tmdb_path=tmdb_5000, max_history=5),
+        embedding=EmbeddingConfig(cache_dir=root / "cache"),
+        model=ModelConfig(num_heads=2, key_dim=8, dense_units=16, output_dim=8),
+        train=TrainConfig(num_workers=2, batch_size=16, epochs=2),
+    )
+    paths = pipeline.run(config)
+    return config, paths
+
+
+def _json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_metrics_cover_model_and_popularity_on_the_same_examples(tiny_run):
+    _, paths = tiny_run
+    metrics = _json(paths.metrics)
+    histories = _json(paths.histories)
+
+    assert set(metrics) == {"model", "popularity"}
+    for values in metrics.values():
+        assert set(values) == {"hr@10", "hr@100", "ndcg@10", "examples"}
+        assert values["examples"] == histories["examples"]["validation"] > 0
+        assert 0.0 <= values["hr@10"] <= values["hr@100"] <= 1.0
+
+
+def test_every_rating_is_accounted_for(tiny_run, tiny_movielens):
+    _, paths = tiny_run
+    report = _json(paths.data_report)
+    histories = _json(paths.histories)
+    ratings = sum(1 for _ in open(tiny_movielens / "ratings.csv")) - 1
+
+    assert report["rows_read"]["ratings.csv"] == ratings
+    assert report["total_dropped"] == 0
+    # Every rating but each user's first is one example, in one split or other.
+    users = sum(histories["users"].values())
+    assert sum(histories["examples"].values()) == ratings - users
+
+
+def test_training_reports_each_epoch(tiny_run):
+    _, paths = tiny_run
+    epochs = _json(paths.training)
+    assert [epoch["epoch"] for epoch in epochs] == [1, 2]
+    assert all(np.isfinite([epoch["loss"], epoch["val_loss"]]).all() for epoch in epochs)
+
+
+def test_config_is_saved_and_reloads(tiny_run):
+    config, paths = tiny_run
+    assert load_yaml(PipelineConfig, paths.config) == pipeline.resolve_paths(config)
+
+
+def test_exported_query_model_serves_in_a_fresh_process(tiny_run):
+    config, paths = tiny_run
+    candidates = np.load(paths.candidate_embeddings)
+    assert candidates.shape[1] == config.model.output_dim
+    np.testing.assert_array_equal(candidates[0], 0.0)  # the padding row
+
+    script = f"""
+import numpy as np, tensorflow as tf
+model = tf.saved_model.load({str(paths.query_model)!r})
+serve = model.signatures["serving_default"]
+out = serve(history_ids=tf.constant([[1, 2, 0]], tf.int32),
+            history_ratings=tf.constant([[0.5, -0.5, 0.0]], tf.float32))
+print(np.linalg.norm(out["query_embedding"].numpy(), axis=1)[0])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_evaluate_alone_reproduces_the_metrics(tiny_run):
+    config, paths = tiny_run
+    before = _json(paths.metrics)
+    pipeline.run(config, stages=["evaluate"])
+    assert _json(paths.metrics) == before
+
+
+def test_too_few_examples_for_the_workers_is_a_clear_error(tiny_run):
+    config, _ = tiny_run
+    greedy = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, batch_size=100_000)
+    )
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        pipeline.run(greedy, stages=["train"])
