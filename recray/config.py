@@ -58,7 +58,9 @@ class DataConfig:
         default_factory=lambda: _path_from_env(DATA_DIR_ENV, DEFAULT_MOVIELENS_DIR)
     )
     tmdb_path: Path | None = field(
-        default_factory=lambda: _optional_path_from_env(TMDB_PATH_ENV, DEFAULT_TMDB_PATH)
+        default_factory=lambda: _optional_path_from_env(
+            TMDB_PATH_ENV, DEFAULT_TMDB_PATH
+        )
     )
     max_history: int = 50
     validation_fraction: float = 0.2
@@ -233,7 +235,9 @@ def load_yaml(config_class: type[ConfigT], path: Path) -> ConfigT:
         raise FileNotFoundError(f"Config file `{path}` does not exist.")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"Config file `{path}` must hold a YAML mapping, got {values!r}.")
+        raise ValueError(
+            f"Config file `{path}` must hold a YAML mapping, got {values!r}."
+        )
     return from_dict(config_class, values)
 
 

@@ -73,7 +73,9 @@ def test_training_reports_each_epoch(tiny_run):
     _, paths = tiny_run
     epochs = _json(paths.training)
     assert [epoch["epoch"] for epoch in epochs] == [1, 2]
-    assert all(np.isfinite([epoch["loss"], epoch["val_loss"]]).all() for epoch in epochs)
+    assert all(
+        np.isfinite([epoch["loss"], epoch["val_loss"]]).all() for epoch in epochs
+    )
 
 
 def test_config_is_saved_and_reloads(tiny_run):

@@ -102,7 +102,8 @@ def user_examples(
         max_history: Length of each padded history.
 
     Returns:
-        Columns `recray.schema.EXAMPLE_COLUMNS`, n - 1 rows; histories [n - 1, max_history].
+        Columns `recray.schema.EXAMPLE_COLUMNS`, n - 1 rows; the histories
+        are [n - 1, max_history].
     """
     order = chronological_order(ratings["timestamp"], ratings["movie_id"])
     movies = vocabulary.rows(ratings["movie_id"][order])
@@ -242,13 +243,13 @@ def rated_before(
     starts = np.searchsorted(user_ids[by_user], wanted)
     ends = np.searchsorted(user_ids[by_user], wanted, side="right")
     sequences = {}
-    for user, start, end in zip(wanted, starts, ends):
+    for user, start, end in zip(wanted, starts, ends, strict=True):
         rows = by_user[start:end]
         order = chronological_order(timestamps[rows], movie_ids[rows])
         sequences[user] = vocabulary.rows(movie_ids[rows][order])
     return [
         sequences[user][:position]
-        for user, position in zip(examples[USER_ID], examples[POSITION])
+        for user, position in zip(examples[USER_ID], examples[POSITION], strict=True)
     ]
 
 

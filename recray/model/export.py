@@ -47,7 +47,10 @@ class ExportedQueryModel:
         self._serve = tf.saved_model.load(str(path)).signatures["serving_default"]
 
     def __call__(
-        self, history_ids: np.ndarray, history_ratings: np.ndarray, batch_size: int = 2048
+        self,
+        history_ids: np.ndarray,
+        history_ratings: np.ndarray,
+        batch_size: int = 2048,
     ) -> np.ndarray:
         """Query embeddings [n, output_dim] of padded histories [n, length]."""
         outputs = []

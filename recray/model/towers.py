@@ -246,7 +246,9 @@ class RetrievalModel(tf.keras.Model):
             per_example = self.per_example_loss(features, targets, training=True)
             loss = tf.nn.compute_average_loss(per_example)
         gradients = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        self.optimizer.apply_gradients(
+            zip(gradients, self.trainable_variables, strict=True)
+        )
         self.loss_tracker.update_state(per_example)
         return {"loss": self.loss_tracker.result()}
 

@@ -66,7 +66,7 @@ def load_weights(model, directory: Path) -> int:
             f"{[a.shape for a in saved]}, the model has {shapes}. Was it "
             "trained with another model config?"
         )
-    for variable, value in zip(weights, saved):
+    for variable, value in zip(weights, saved, strict=True):
         variable.assign(value)
     return json.loads((directory / STATE_FILE).read_text())["epoch"]
 
@@ -95,9 +95,9 @@ def _shard_to_tf(shard, batch_size: int, shuffle_seed: int | None):
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: build, resume, fit epoch by epoch, report."""
-    import recray  # noqa: F401  (Keras 2 switch, before TensorFlow loads)
     import tensorflow as tf
 
+    import recray  # noqa: F401  (Keras 2 switch, before TensorFlow loads)
     from recray.model.towers import RetrievalModel
 
     model_config = from_dict(ModelConfig, loop_config["model"])

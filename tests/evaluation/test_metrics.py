@@ -57,7 +57,9 @@ def test_chunked_ranking_equals_one_pass():
     scores = rng.normal(size=(37, 20))
     targets = rng.integers(1, 20, size=37)
     excluded = [rng.choice(np.arange(1, 20), size=3, replace=False) for _ in targets]
-    excluded = [rated[rated != target] for rated, target in zip(excluded, targets)]
+    excluded = [
+        rated[rated != target] for rated, target in zip(excluded, targets, strict=True)
+    ]
 
     whole = target_ranks(scores, targets, excluded)
     chunked = rank_in_chunks(lambda rows: scores[rows], targets, excluded, chunk_size=8)
