@@ -222,6 +222,12 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
         split: read_examples(_require(paths.examples / split, "histories"))
         for split in ("train", "validation")
     }
+    # The driver's copy of the model: its summary is logged now, and it takes
+    # the trained weights for export afterwards.
+    model = RetrievalModel(movie_vectors, config.model, counts)
+    model.build_towers(config.data.max_history)
+    model.query_model.summary(print_fn=logger.info, expand_nested=True)
+
     # Ray Train resumes a run it finds under its storage path; a new train
     # stage must not pick up the checkpoints of an earlier, other config.
     shutil.rmtree(paths.train, ignore_errors=True)
@@ -237,9 +243,6 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     )
     _write_json(paths.training, result.epochs)
 
-    # Rebuild the model on the driver from the last checkpoint and export it.
-    model = RetrievalModel(movie_vectors, config.model, counts)
-    model.build_towers(config.data.max_history)
     load_weights(model, result.checkpoint_dir)
     export_query_model(model.query_model, paths.query_model)
 

@@ -95,9 +95,10 @@ def _shard_to_tf(shard, batch_size: int, shuffle_seed: int | None):
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: build, resume, fit epoch by epoch, report."""
+    # TensorFlow loads here, in the worker, after `recray` (imported with
+    # this module) has set TF_USE_LEGACY_KERAS; the runtime env sets it too.
     import tensorflow as tf
 
-    import recray  # noqa: F401  (Keras 2 switch, before TensorFlow loads)
     from recray.model.towers import RetrievalModel
 
     model_config = from_dict(ModelConfig, loop_config["model"])
@@ -215,8 +216,8 @@ def train(
             resources_per_worker={"CPU": train_config.cpus_per_worker},
         ),
         run_config=RunConfig(
-            name="train",
-            storage_path=str(storage_dir.resolve()),
+            name=storage_dir.name,
+            storage_path=str(storage_dir.resolve().parent),
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
