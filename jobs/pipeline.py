@@ -10,7 +10,10 @@ because the job runs in a copy of this folder:
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/pipeline.py --data-dir /abs/ml-latest-small \
-        --tmdb-path /abs/tmdb_5000_movies.csv --runs-dir /abs/runs
+        --tmdb-path /abs/tmdb_5000_movies.csv --runs-dir /abs/runs \
+        --cache-dir /abs/.cache/embeddings
+
+(`make ray-up-local` starts such a head on port 8275; `make submit` submits.)
 """
 
 from recray.cli import main

@@ -39,6 +39,12 @@ def _optional_path_from_env(variable: str, default: str) -> Path | None:
     return Path(value) if value else None
 
 
+def _require(condition: bool, message: str) -> None:
+    """Raise a ValueError that names the setting when a check fails."""
+    if not condition:
+        raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the MovieLens and TMDB files are and how examples are cut.
@@ -66,6 +72,21 @@ class DataConfig:
     validation_fraction: float = 0.2
     split_seed: int = 42
     top_tags: int = 5
+
+    def __post_init__(self) -> None:
+        _require(
+            self.max_history >= 1,
+            f"`max_history` must be >= 1, got {self.max_history}.",
+        )
+        _require(
+            0.0 < self.validation_fraction < 1.0,
+            "`validation_fraction` must be between 0 and 1 (exclusive), got "
+            f"{self.validation_fraction}; 0.2 holds out a fifth of the users.",
+        )
+        _require(
+            self.split_seed >= 0, f"`split_seed` must be >= 0, got {self.split_seed}."
+        )
+        _require(self.top_tags >= 0, f"`top_tags` must be >= 0, got {self.top_tags}.")
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,18 @@ class ModelConfig:
     temperature: float = 0.05
     normalize_embeddings: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "key_dim", "dense_units", "output_dim"):
+            value = getattr(self, name)
+            _require(value >= 1, f"`{name}` must be >= 1, got {value}.")
+        _require(
+            0.0 <= self.dropout < 1.0,
+            f"`dropout` must be in [0, 1), got {self.dropout}.",
+        )
+        _require(
+            self.temperature > 0, f"`temperature` must be > 0, got {self.temperature}."
+        )
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -146,6 +179,15 @@ class TrainConfig:
     epochs: int = 3
     learning_rate: float = 1e-3
 
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "cpus_per_worker", "batch_size", "epochs"):
+            value = getattr(self, name)
+            _require(value >= 1, f"`{name}` must be >= 1, got {value}.")
+        _require(
+            self.learning_rate > 0,
+            f"`learning_rate` must be > 0, got {self.learning_rate}.",
+        )
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -159,6 +201,16 @@ class EvalConfig:
 
     ks: tuple[int, ...] = (10, 100)
     max_eval_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            len(self.ks) > 0 and min(self.ks) >= 1,
+            f"`ks` must be one or more cut-offs >= 1, got {self.ks}.",
+        )
+        _require(
+            self.max_eval_examples is None or self.max_eval_examples >= 1,
+            f"`max_eval_examples` must be >= 1 or unset, got {self.max_eval_examples}.",
+        )
 
 
 @dataclass(frozen=True)

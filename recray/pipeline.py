@@ -5,7 +5,7 @@ own (jobs/<stage>.py) and a rerun of a late stage does not redo the early
 ones:
 
     ingest     -> data_report.json, ratings.parquet, movie_texts.parquet
-    embed      -> movie_embeddings.npy (one row per movie_texts row)
+    embed      -> movie_embeddings.npz (movie ids and their vectors)
     histories  -> examples/train/, examples/validation/, histories.json
     train      -> train/ (Ray Train checkpoints), training.json,
                   query_model/ (SavedModel), candidates.parquet,
@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recray.config import PipelineConfig, save_yaml
+from recray.config import PipelineConfig, load_yaml, save_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class RunPaths:
 
     @property
     def movie_embeddings(self) -> Path:
-        return self.root / "movie_embeddings.npy"
+        return self.root / "movie_embeddings.npz"
 
     @property
     def examples(self) -> Path:
@@ -164,7 +164,11 @@ def embed(config: PipelineConfig, paths: RunPaths) -> None:
         result.num_computed,
         result.num_cached,
     )
-    np.save(paths.movie_embeddings, result.vectors.astype(np.float32))
+    np.savez(
+        paths.movie_embeddings,
+        movie_id=texts["movie_id"].to_numpy(),
+        vectors=result.vectors.astype(np.float32),
+    )
 
 
 def _vocabulary(paths: RunPaths):
@@ -184,8 +188,19 @@ def histories(config: PipelineConfig, paths: RunPaths) -> None:
 
 
 def _embedding_table(paths: RunPaths) -> np.ndarray:
-    """Movie text embeddings [vocab_size, dim] with the zero padding row first."""
-    vectors = np.load(_require(paths.movie_embeddings, "embed"))
+    """Movie text embeddings [vocab_size, dim] with the zero padding row first.
+
+    Raises:
+        ValueError: The embeddings are of other movies than the vocabulary
+            (ingest ran again after embed).
+    """
+    with np.load(_require(paths.movie_embeddings, "embed")) as saved:
+        movie_ids, vectors = saved["movie_id"], saved["vectors"]
+    if not np.array_equal(movie_ids, _vocabulary(paths).movie_ids):
+        raise ValueError(
+            f"`{paths.movie_embeddings}` holds vectors of other movies than "
+            f"`{paths.movie_texts}`; rerun the `embed` stage after `ingest`."
+        )
     padding = np.zeros((1, vectors.shape[1]), dtype=np.float32)
     return np.concatenate([padding, vectors]).astype(np.float32)
 
@@ -213,7 +228,7 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     from recray.data.histories import read_examples
     from recray.model.export import export_query_model
     from recray.model.towers import RetrievalModel
-    from recray.training.trainer import load_weights
+    from recray.training.trainer import check_enough_examples, load_weights
     from recray.training.trainer import train as fit_towers
 
     movie_vectors = _embedding_table(paths)
@@ -229,7 +244,9 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     model.query_model.summary(print_fn=logger.info, expand_nested=True)
 
     # Ray Train resumes a run it finds under its storage path; a new train
-    # stage must not pick up the checkpoints of an earlier, other config.
+    # stage must not pick up the checkpoints of an earlier, other config. The
+    # old checkpoints go only once this run is known to be able to start.
+    check_enough_examples(datasets["train"].count(), config.train)
     shutil.rmtree(paths.train, ignore_errors=True)
     result = fit_towers(
         config.model,
@@ -266,12 +283,12 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
     from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
 
     dataset = read_examples(_require(paths.examples / "validation", "histories"))
-    if config.eval.max_eval_examples is not None:
-        dataset = dataset.random_sample(
-            min(1.0, config.eval.max_eval_examples / max(dataset.count(), 1)),
-            seed=config.data.split_seed,
-        )
     examples = dataset.take_batch(batch_size=dataset.count(), batch_format="numpy")
+    limit = config.eval.max_eval_examples
+    if limit is not None and limit < len(examples[TARGET_ID]):
+        rng = np.random.default_rng(config.data.split_seed)
+        chosen = np.sort(rng.choice(len(examples[TARGET_ID]), limit, replace=False))
+        examples = {name: column[chosen] for name, column in examples.items()}
     targets = examples[TARGET_ID].astype(np.int64)
     ratings = pq.read_table(paths.ratings)
     excluded = rated_before(ratings, _vocabulary(paths), examples)
@@ -327,6 +344,47 @@ STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, RunPaths], Any]] = {
 }
 
 
+# The settings each stage reads. A stage run on its own must see the settings
+# that made the files it reads, or its results would silently mix two configs.
+STAGE_SETTINGS = {
+    "ingest": ("data.data_dir", "data.tmdb_path", "data.top_tags"),
+    "embed": ("embedding",),
+    "histories": ("data.max_history", "data.validation_fraction", "data.split_seed"),
+    "train": ("model", "train"),
+    "evaluate": ("eval",),
+}
+
+
+def _setting(config: PipelineConfig, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_earlier_settings(
+    config: PipelineConfig, paths: RunPaths, first_stage: str
+) -> None:
+    """Refuse settings that differ from those the earlier stages ran with.
+
+    Raises:
+        ValueError: A setting read by a stage before `first_stage` differs
+            from the run's `config.yaml`.
+    """
+    if not paths.config.is_file():
+        return
+    saved = load_yaml(PipelineConfig, paths.config)
+    for stage in STAGES[: STAGES.index(first_stage)]:
+        for dotted in STAGE_SETTINGS[stage]:
+            if _setting(saved, dotted) != _setting(config, dotted):
+                raise ValueError(
+                    f"Run `{paths.root}` ran `{stage}` with `{dotted}` = "
+                    f"{_setting(saved, dotted)!r}, not {_setting(config, dotted)!r}. "
+                    f"Pass `--config {paths.config}` to reuse its settings, rerun "
+                    f"from `{stage}`, or start a new run with another `--name`."
+                )
+
+
 def run(config: PipelineConfig, stages: Sequence[str] = STAGES) -> RunPaths:
     """Run `stages` in order for the run folder of `config`.
 
@@ -334,10 +392,11 @@ def run(config: PipelineConfig, stages: Sequence[str] = STAGES) -> RunPaths:
         ValueError: An unknown stage name.
     """
     unknown = [stage for stage in stages if stage not in STAGE_FUNCTIONS]
-    if unknown:
+    if unknown or not stages:
         raise ValueError(f"Unknown stages {unknown}; choose from {list(STAGES)}.")
     config = resolve_paths(config)
     paths = RunPaths(config.run_dir)
+    check_earlier_settings(config, paths, stages[0])
     paths.root.mkdir(parents=True, exist_ok=True)
     save_yaml(config, paths.config)
     logger.info("Run folder: %s", paths.root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,9 @@ def test_metrics_cover_model_and_popularity_on_the_same_examples(tiny_run):
         assert set(values) == {"hr@10", "hr@100", "ndcg@10", "examples"}
         assert values["examples"] == histories["examples"]["validation"] > 0
         assert 0.0 <= values["hr@10"] <= values["hr@100"] <= 1.0
+    # A few hundred movies: a target excluded by mistake would never be hit.
+    assert metrics["model"]["hr@100"] > 0.0
+    assert metrics["popularity"]["hr@100"] > 0.0
 
 
 def test_every_rating_is_accounted_for(tiny_run, tiny_movielens):
@@ -83,25 +87,45 @@ def test_config_is_saved_and_reloads(tiny_run):
     assert load_yaml(PipelineConfig, paths.config) == pipeline.resolve_paths(config)
 
 
-def test_exported_query_model_serves_in_a_fresh_process(tiny_run):
+def test_exported_query_model_serves_the_trained_weights(tiny_run):
     config, paths = tiny_run
     candidates = np.load(paths.candidate_embeddings)
     assert candidates.shape[1] == config.model.output_dim
     np.testing.assert_array_equal(candidates[0], 0.0)  # the padding row
 
+    # The SavedModel, loaded in a fresh process with TensorFlow alone.
     script = f"""
-import numpy as np, tensorflow as tf
-model = tf.saved_model.load({str(paths.query_model)!r})
-serve = model.signatures["serving_default"]
+import json, tensorflow as tf
+serve = tf.saved_model.load({str(paths.query_model)!r}).signatures["serving_default"]
 out = serve(history_ids=tf.constant([[1, 2, 0]], tf.int32),
             history_ratings=tf.constant([[0.5, -0.5, 0.0]], tf.float32))
-print(np.linalg.norm(out["query_embedding"].numpy(), axis=1)[0])
+print(json.dumps(out["query_embedding"].numpy().tolist()))
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert float(done.stdout.split()[-1]) == pytest.approx(1.0, abs=1e-4)
+    exported = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    # The same history through a model rebuilt from the last checkpoint.
+    import tensorflow as tf
+
+    from recray.model.towers import RetrievalModel
+    from recray.training.trainer import load_weights
+
+    last = sorted(p for p in paths.train.glob("checkpoint_*") if p.is_dir())[-1]
+    model = RetrievalModel(pipeline._embedding_table(paths), config.model)
+    model.build_towers(config.data.max_history)
+    assert load_weights(model, last) == config.train.epochs
+    rebuilt = model.query_model(
+        {
+            "history_ids": tf.constant([[1, 2, 0]], tf.int32),
+            "history_ratings": tf.constant([[0.5, -0.5, 0.0]], tf.float32),
+        }
+    ).numpy()
+
+    np.testing.assert_allclose(exported, rebuilt, atol=1e-5)
+    assert np.linalg.norm(exported) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_evaluate_alone_reproduces_the_metrics(tiny_run):
@@ -111,10 +135,25 @@ def test_evaluate_alone_reproduces_the_metrics(tiny_run):
     assert _json(paths.metrics) == before
 
 
+def test_a_stage_alone_refuses_settings_its_inputs_were_not_made_with(tiny_run):
+    config, paths = tiny_run
+    other_split = dataclasses.replace(
+        config, data=dataclasses.replace(config.data, split_seed=7)
+    )
+    with pytest.raises(ValueError, match="split_seed"):
+        pipeline.run(other_split, stages=["evaluate"])
+
+
 def test_too_few_examples_for_the_workers_is_a_clear_error(tiny_run):
-    config, _ = tiny_run
+    config, paths = tiny_run
+    # A copy of the run, so the shared one keeps its checkpoints and config.
+    shutil.copytree(paths.root, paths.root.with_name("tiny-greedy"))
     greedy = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, batch_size=100_000)
+        config,
+        name="tiny-greedy",
+        train=dataclasses.replace(config.train, batch_size=100_000),
     )
     with pytest.raises(ValueError, match="cannot fill one batch"):
         pipeline.run(greedy, stages=["train"])
+    # Refused before the earlier checkpoints were touched.
+    assert list((paths.root.with_name("tiny-greedy") / "train").glob("checkpoint_2*"))

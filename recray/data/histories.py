@@ -187,6 +187,9 @@ def write_examples(
     build = partial(
         user_examples, vocabulary=vocabulary, max_history=config.max_history
     )
+    # Ray's default of 200 shuffle partitions costs minutes of task overhead
+    # on a small cluster; a few per CPU keeps every CPU busy.
+    partitions = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     users: dict[str, int] = {}
     examples: dict[str, int] = {}
     for split in SPLITS:
@@ -197,7 +200,7 @@ def write_examples(
         users[split] = len(np.unique(split_ratings.column("user_id").to_numpy()))
         dataset = (
             ray.data.from_arrow(split_ratings)
-            .groupby("user_id")
+            .groupby(USER_ID, num_partitions=partitions)
             .map_groups(build, batch_format="numpy")
         )
         split_dir = output_dir / split

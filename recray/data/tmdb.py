@@ -63,8 +63,9 @@ def load_tmdb(path: Path, report: DataReport) -> pa.Table:
     if not path.is_file():
         raise FileNotFoundError(
             f"TMDB file `{path}` does not exist. Pass `--tmdb-path` (or set "
-            f"`{TMDB_PATH_ENV}`) to the TMDB 5000 movies CSV, or pass an empty "
-            "`--tmdb-path` to use MovieLens text only."
+            f"`{TMDB_PATH_ENV}`) to the TMDB 5000 movies CSV, or pass "
+            f"`--tmdb-path None` (or set `{TMDB_PATH_ENV}=`) to use MovieLens "
+            "text only."
         )
     file = path.name
     table = read_csv_text(

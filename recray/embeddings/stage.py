@@ -182,6 +182,12 @@ def _compute(
         logger.info("Ray is not initialised; starting it with `init_ray()`")
         init_ray()
 
+    # Texts of similar length share a batch, so that little of each batch is
+    # padding: the vectors are keyed by hash, so the order is free.
+    by_length = sorted(range(len(texts)), key=lambda index: len(texts[index]))
+    keys = [keys[index] for index in by_length]
+    texts = [texts[index] for index in by_length]
+
     # One block per batch: Ray Data hands whole blocks to actors, so a single
     # block would keep all but one actor idle.
     batch_size = config.embed_batch_size

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -138,17 +137,6 @@ def test_real_blank_tmdb_ids_are_kept_as_null(real: tuple) -> None:
 
     assert links[1] == 862
     assert data.links["tmdb_id"].null_count == 8
-
-
-def test_real_load_is_fast(movielens_small: Path) -> None:
-    load_movielens(movielens_small, DataReport())  # warm pyarrow's kernels
-
-    start = time.perf_counter()
-    load_movielens(movielens_small, DataReport())
-    elapsed = time.perf_counter() - start
-
-    # About 0.2 s on a laptop; the bound leaves room for a busy CI machine.
-    assert elapsed < 1.0
 
 
 # ---- missing files and headers ----------------------------------------------
