@@ -146,6 +146,11 @@ def ingest(config: PipelineConfig, paths: RunPaths) -> None:
     report.log_summary(logger)
     log_examples(texts, logger)
     _write_json(paths.data_report, report.to_dict())
+    if movielens.ratings.num_rows == 0:
+        raise ValueError(
+            f"No rating of `{config.data.data_dir}` survived validation; "
+            f"`{paths.data_report}` counts every dropped row and why."
+        )
     pq.write_table(movielens.ratings, paths.ratings)
     pq.write_table(texts, paths.movie_texts)
 
@@ -246,7 +251,9 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     # Ray Train resumes a run it finds under its storage path; a new train
     # stage must not pick up the checkpoints of an earlier, other config. The
     # old checkpoints go only once this run is known to be able to start.
-    check_enough_examples(datasets["train"].count(), config.train)
+    check_enough_examples(
+        datasets["train"].count(), config.train, datasets["validation"].count()
+    )
     shutil.rmtree(paths.train, ignore_errors=True)
     result = fit_towers(
         config.model,

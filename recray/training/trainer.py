@@ -148,11 +148,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def check_enough_examples(num_examples: int, config: TrainConfig) -> None:
-    """Refuse a run in which some worker would get no whole batch.
+def check_enough_examples(
+    num_examples: int, config: TrainConfig, num_validation: int | None = None
+) -> None:
+    """Refuse a run in which some worker would get no whole batch to train on,
+    or no example to validate on: under MultiWorkerMirroredStrategy that
+    worker would fail or leave the others waiting.
 
     Raises:
-        ValueError: Fewer examples than `num_workers * batch_size`.
+        ValueError: Fewer training examples than `num_workers * batch_size`,
+            or fewer validation examples than `num_workers`.
     """
     needed = config.num_workers * config.batch_size
     if num_examples < needed:
@@ -161,6 +166,12 @@ def check_enough_examples(num_examples: int, config: TrainConfig) -> None:
             f"{config.batch_size} on each of {config.num_workers} workers "
             f"({needed} needed). Lower `--batch-size` or `--num-workers`, or "
             "use more data."
+        )
+    if num_validation is not None and num_validation < config.num_workers:
+        raise ValueError(
+            f"{num_validation} validation examples cannot give each of "
+            f"{config.num_workers} workers one. Raise `--validation-fraction`, "
+            "lower `--num-workers`, or use more data."
         )
 
 
@@ -197,7 +208,9 @@ def train(
     # TODO(scale): at ml-25m this holds every example in the object store;
     # stream instead, with CPUs reserved for Ray Data.
     datasets = {name: dataset.materialize() for name, dataset in datasets.items()}
-    check_enough_examples(datasets["train"].count(), train_config)
+    check_enough_examples(
+        datasets["train"].count(), train_config, datasets["validation"].count()
+    )
     loop_config = {
         "model": to_dict(model_config),
         "train": to_dict(train_config),
