@@ -15,6 +15,7 @@ from recray.model.towers import (
     MaskedPooling,
     QueryModel,
     RetrievalModel,
+    text_embedding_layer,
 )
 
 
@@ -35,7 +36,7 @@ def _history(ids: list[list[int]], ratings: list[list[float]]) -> dict:
 @pytest.mark.parametrize("use_attention", [True, False])
 def test_padding_does_not_change_the_query_embedding(pooling, use_attention):
     config = ModelConfig(pooling=pooling, use_attention=use_attention, num_heads=2)
-    model = QueryModel(_movie_vectors(), config)
+    model = QueryModel(text_embedding_layer(_movie_vectors(), "movies"), config)
 
     alone = model(_history([[3]], [[0.5]]))
     padded = model(_history([[3, 0, 0]], [[0.5, 0.0, 0.0]]))
@@ -47,7 +48,7 @@ def test_padding_does_not_change_the_query_embedding(pooling, use_attention):
 
 
 def test_history_content_changes_the_embedding():
-    model = QueryModel(_movie_vectors(), ModelConfig())
+    model = QueryModel(text_embedding_layer(_movie_vectors(), "movies"), ModelConfig())
     one = model(_history([[3, 4, 0]], [[0.5, -0.5, 0.0]]))
     other = model(_history([[3, 5, 0]], [[0.5, -0.5, 0.0]]))
     assert not np.allclose(one.numpy(), other.numpy(), atol=1e-4)
@@ -56,7 +57,7 @@ def test_history_content_changes_the_embedding():
 def test_the_tower_reads_a_history_as_a_set():
     # No position enters the tower (as in the seed's design): time order only
     # decides which `max_history` movies are kept.
-    model = QueryModel(_movie_vectors(), ModelConfig())
+    model = QueryModel(text_embedding_layer(_movie_vectors(), "movies"), ModelConfig())
     forward = model(_history([[3, 4, 5]], [[0.5, -0.5, 1.0]]))
     shuffled = model(_history([[5, 3, 4]], [[1.0, 0.5, -0.5]]))
     np.testing.assert_allclose(forward.numpy(), shuffled.numpy(), atol=1e-5)
