@@ -69,7 +69,7 @@ RATING_STEP = 0.5
 NO_GENRES = "(no genres listed)"
 
 # Up to 18 digits always fits in int64; a longer id is not a MovieLens id.
-_INTEGER_PATTERN = r"^-?\d{1,18}$"
+INTEGER_PATTERN = r"^-?\d{1,18}$"
 # Decimal numbers as MovieLens writes them; "nan" and "inf" are not ratings.
 _NUMBER_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 # A title ends with its release year in brackets, e.g. "Toy Story (1995)".
@@ -407,7 +407,7 @@ def _parse_column(
     label = f"`{column.source}`"
 
     if column.kind is _Kind.INTEGER:
-        valid = pc.match_substring_regex(values, _INTEGER_PATTERN)
+        valid = pc.match_substring_regex(values, INTEGER_PATTERN)
         reason = f"missing or non-integer {label}"
     elif column.kind is _Kind.NUMBER:
         valid = pc.match_substring_regex(values, _NUMBER_PATTERN)
@@ -417,7 +417,7 @@ def _parse_column(
         reason = f"missing {label}"
     elif column.kind is _Kind.OPTIONAL_INTEGER:
         valid = pc.or_(
-            pc.equal(values, ""), pc.match_substring_regex(values, _INTEGER_PATTERN)
+            pc.equal(values, ""), pc.match_substring_regex(values, INTEGER_PATTERN)
         )
         reason = f"non-integer {label}"
     else:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recray.config import TMDB_PATH_ENV
-from recray.data.movielens import read_csv_text
+from recray.data.movielens import INTEGER_PATTERN, read_csv_text
 from recray.data.report import DataReport
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ TMDB_SCHEMA = pa.schema(
 _COLUMNS = ("id", "title", "overview", "tagline", "genres", "keywords")
 _JSON_COLUMNS = ("genres", "keywords")
 _TEXT_COLUMNS = ("title", "overview", "tagline")
-
-_INTEGER_PATTERN = r"^-?\d{1,18}$"
 
 
 def load_tmdb(path: Path, report: DataReport) -> pa.Table:
@@ -77,7 +75,7 @@ def load_tmdb(path: Path, report: DataReport) -> pa.Table:
         newlines_in_values=True,
     )
 
-    valid = pc.match_substring_regex(table["id"], _INTEGER_PATTERN).to_numpy(
+    valid = pc.match_substring_regex(table["id"], INTEGER_PATTERN).to_numpy(
         zero_copy_only=False
     )
     _count_drops(table, valid, file, "missing or non-integer `id`", report)
