@@ -227,7 +227,7 @@ def _training_rating_counts(config: PipelineConfig, paths: RunPaths) -> np.ndarr
 
 
 def train(config: PipelineConfig, paths: RunPaths) -> None:
-    """Fit the towers on Ray Train, then export the query and candidate models."""
+    """Fit the towers on Ray Train; export the query model and candidate embeddings."""
     import tensorflow as tf
 
     from recray.data.histories import read_examples
