@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -233,7 +232,7 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     from recray.data.histories import read_examples
     from recray.model.export import export_query_model
     from recray.model.towers import RetrievalModel
-    from recray.training.trainer import check_enough_examples, load_weights
+    from recray.training.trainer import load_weights
     from recray.training.trainer import train as fit_towers
 
     movie_vectors = _embedding_table(paths)
@@ -248,13 +247,6 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     model.build_towers(config.data.max_history)
     model.query_model.summary(print_fn=logger.info, expand_nested=True)
 
-    # Ray Train resumes a run it finds under its storage path; a new train
-    # stage must not pick up the checkpoints of an earlier, other config. The
-    # old checkpoints go only once this run is known to be able to start.
-    check_enough_examples(
-        datasets["train"].count(), config.train, datasets["validation"].count()
-    )
-    shutil.rmtree(paths.train, ignore_errors=True)
     result = fit_towers(
         config.model,
         config.train,

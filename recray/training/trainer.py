@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,8 @@ def train(
         datasets: `train` and `validation` example datasets.
         max_history: History length of the examples.
         storage_dir: Where Ray Train keeps checkpoints; the run folder's
-            `train/`. Must be shared storage on a multi-node cluster.
+            `train/`, emptied first. Must be shared storage on a multi-node
+            cluster.
         seed: Seeds weights and the per-epoch shuffle.
 
     Raises:
@@ -211,6 +213,10 @@ def train(
     check_enough_examples(
         datasets["train"].count(), train_config, datasets["validation"].count()
     )
+    # Ray Train resumes a run it finds under its storage path; a new call must
+    # not pick up the checkpoints of an earlier, other config. They go only
+    # once this run is known to be able to start.
+    shutil.rmtree(storage_dir, ignore_errors=True)
     loop_config = {
         "model": to_dict(model_config),
         "train": to_dict(train_config),
