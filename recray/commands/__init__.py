@@ -46,7 +46,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest, command=name) or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
