@@ -388,6 +388,8 @@ def load_movielens(data_dir: Path, report: DataReport) -> MovieLensData:
             (name for name in _CSV_RELEASES if data_dir.name.startswith(name)), None
         )
         layout_name = f"{release} CSV" if release else "MovieLens CSV"
+    if synthetic:
+        layout_name += " (SYNTHETIC data)"
     report.dataset.update(
         {"data_dir": str(data_dir), "layout": layout_name, "synthetic": synthetic}
     )
