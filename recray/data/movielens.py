@@ -769,9 +769,8 @@ def _read_headerless(path: Path, spec: _FileSpec, report: DataReport) -> pa.Tabl
 def _genres_from_flags(table: pa.Table) -> pa.Table:
     """Join ml-100k's 19 genre flag columns into one `|`-separated `genres`.
 
-    The `unknown` flag means no genre, like "(no genres listed)". A flag other
-    than 0 or 1 leaves the genres blank and is counted by the caller's checks
-    as a malformed line only through the field count, so it is treated as 0.
+    The `unknown` flag means no genre, like "(no genres listed)". A flag is
+    set where it reads `1`; anything else counts as not set.
     """
     flags = np.stack(
         [
