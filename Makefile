@@ -51,7 +51,7 @@ JOBS_URL := http://127.0.0.1:$(DASHBOARD_PORT)
 SUBMIT_EXCLUDES := [".git", ".venv", "runs", ".cache", ".pytest_cache", ".ruff_cache"]
 
 .PHONY: help venv run test test-fast ray-up-local ray-down-local submit lint \
-	bench clean
+	bench clean bench-data
 
 help:
 	@echo "make venv            create .venv and install requirements.txt and recray"
@@ -63,6 +63,7 @@ help:
 	echo "make ray-down-local  stop that head (and only that head)"
 	echo "make lint            ruff check and ruff format --check"
 	echo "make bench           run benchmarks/*.py"
+	echo "make bench-data      histories prep, Ray Data vs pyarrow, synthetic ml-25m"
 	echo "make clean           remove caches and build leftovers"
 
 venv: $(STAMP)
@@ -188,6 +189,13 @@ bench: venv
 		echo "== $$script"
 		$(BIN)/python "$$script" $(BENCH_ARGS)
 	done
+
+# Histories prep on SYNTHETIC ml-25m: Ray Data vs a one-process pyarrow
+# reference -> benchmarks/results/data.json. BENCH_ARGS="--scale 0.05" for a
+# twentieth; the synthetic data is cached under /tmp/recray-bench-data.
+bench-data: venv
+	RAY_TMPDIR=$${RAY_TMPDIR:-/tmp/ray-bench-data} \
+		$(BIN)/python benchmarks/bench_data.py $(BENCH_ARGS)
 
 # Keeps .venv, runs/ (results) and .cache/ (embeddings, slow to recompute).
 clean:

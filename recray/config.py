@@ -58,6 +58,11 @@ class DataConfig:
         validation_fraction: Share of users held out for validation.
         split_seed: Seed of the hash that assigns users to train or validation.
         top_tags: Number of most frequent user tags added to a movie's text.
+        validation_users: Hold out exactly this many users (e.g. 20000, the
+            ml-25m reference) instead of `validation_fraction`; unset for
+            the fraction.
+        examples_per_shard: Most examples per Parquet shard of a split; the
+            shards of a split are of equal size (one example apart at most).
     """
 
     data_dir: Path = field(
@@ -72,8 +77,18 @@ class DataConfig:
     validation_fraction: float = 0.2
     split_seed: int = 42
     top_tags: int = 5
+    validation_users: int | None = None
+    examples_per_shard: int = 250_000
 
     def __post_init__(self) -> None:
+        _require(
+            self.validation_users is None or self.validation_users >= 1,
+            f"`validation_users` must be >= 1 or unset, got {self.validation_users}.",
+        )
+        _require(
+            self.examples_per_shard >= 1,
+            f"`examples_per_shard` must be >= 1, got {self.examples_per_shard}.",
+        )
         _require(
             self.max_history >= 1,
             f"`max_history` must be >= 1, got {self.max_history}.",

@@ -220,6 +220,7 @@ def _training_rating_counts(config: PipelineConfig, paths: RunPaths) -> np.ndarr
         ratings["user_id"].to_numpy(),
         config.data.split_seed,
         config.data.validation_fraction,
+        count=config.data.validation_users,
     )
     rows = vocabulary.rows(ratings["movie_id"].to_numpy()[~held_out])
     return popularity_scores(rows, vocabulary.size)
@@ -348,7 +349,13 @@ STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, RunPaths], Any]] = {
 STAGE_SETTINGS = {
     "ingest": ("data.data_dir", "data.tmdb_path", "data.top_tags"),
     "embed": ("embedding",),
-    "histories": ("data.max_history", "data.validation_fraction", "data.split_seed"),
+    "histories": (
+        "data.max_history",
+        "data.validation_fraction",
+        "data.split_seed",
+        "data.validation_users",
+        "data.examples_per_shard",
+    ),
     "train": ("model", "train"),
     "evaluate": ("eval",),
 }

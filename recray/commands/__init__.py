@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "histories": ("recray.commands.stages", "stage: cut padded examples"),
     "train": ("recray.commands.stages", "stage: fit the towers with Ray Train"),
     "evaluate": ("recray.commands.stages", "stage: score held-out users"),
+    "data": ("recray.commands.data", "download a MovieLens release or synthesize one"),
 }
 
 

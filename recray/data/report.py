@@ -27,11 +27,14 @@ class DataReport:
         dropped: Rows dropped per (file name, reason).
         examples: The first dropped row seen per (file name, reason), as text,
             so that a person can find it in the file.
+        dataset: What was read, e.g. the MovieLens layout and whether the
+            data is synthetic; in `to_dict` only when set.
     """
 
     rows_read: dict[str, int] = field(default_factory=dict)
     dropped: dict[tuple[str, str], int] = field(default_factory=dict)
     examples: dict[tuple[str, str], str] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
 
     def read(self, file: str, count: int) -> None:
         """Add `count` data rows read from `file`."""
@@ -69,7 +72,9 @@ class DataReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-safe values, for `data_report.json`."""
+        dataset = {"dataset": dict(self.dataset)} if self.dataset else {}
         return {
+            **dataset,
             "rows_read": dict(self.rows_read),
             "dropped": [
                 {

@@ -1,12 +1,15 @@
 """One descriptive paragraph per movie, the text that the embedding model reads.
 
 A movie's text starts with its MovieLens title, year and genres. Where
-`links.csv` joins the movie to the TMDB dump, the tagline, overview and TMDB
-keywords follow; last come the movie's most frequent user tags. For example:
+`links.csv` joins the movie to TMDB, the tagline, overview, protagonists (The
+Movies Dataset's cast) and TMDB keywords follow; last come the movie's most
+frequent user tags. A blank or unknown `tmdbId` leaves the MovieLens text
+only. For example:
 
     Toy Story (1995). Genres: Adventure, Animation, Children, Comedy, Fantasy.
-    Overview: Led by Woody, Andy's toys live happily in his room ... Keywords:
-    jealousy, toy, boy. Tags: pixar, fun.
+    Overview: Led by Woody, Andy's toys live happily in his room ... Starring:
+    Tom Hanks, Tim Allen, Don Rickles. Keywords: jealousy, toy, boy. Tags:
+    pixar, fun.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def build_movie_texts(
         )
     ]
     genres = movies["genres"].to_pylist()
-    taglines, overviews, keywords = _tmdb_columns(movies, movielens.links, tmdb)
+    taglines, overviews, keywords, cast = _tmdb_columns(movies, movielens.links, tmdb)
     tags = _top_tags(movielens.tags, top_tags)
 
     texts = []
@@ -74,6 +77,7 @@ def build_movie_texts(
             _labelled("Genres", ", ".join(genres[index])),
             _labelled("Tagline", taglines[index]),
             _labelled("Overview", overviews[index]),
+            _labelled("Starring", ", ".join(cast[index] or [])),
             _labelled("Keywords", ", ".join(keywords[index] or [])),
             _labelled("Tags", ", ".join(tags.get(movie_id, []))),
         ]
@@ -121,11 +125,15 @@ def _labelled(label: str, text: str | None) -> str:
 
 def _tmdb_columns(
     movies: pa.Table, links: pa.Table, tmdb: pa.Table | None
-) -> tuple[list[str | None], list[str | None], list[list[str] | None]]:
-    """Return tagline, overview and keywords per movie row; None without TMDB."""
+) -> tuple[list, list, list, list]:
+    """Return tagline, overview, keywords and cast per movie; None without TMDB."""
     if tmdb is None or tmdb.num_rows == 0 or links.num_rows == 0:
         nothing: list[None] = [None] * movies.num_rows
-        return nothing, nothing, nothing
+        return nothing, nothing, nothing, nothing
+    if "cast" not in tmdb.column_names:
+        tmdb = tmdb.append_column(
+            "cast", pa.nulls(tmdb.num_rows, pa.list_(pa.string()))
+        )
 
     # Row of each movie in `links`, then row of its TMDB id in `tmdb`; null
     # where the movie has no link, a blank `tmdbId` or no TMDB entry.
@@ -133,7 +141,7 @@ def _tmdb_columns(
     tmdb_rows_of_links = pc.index_in(links["tmdb_id"], value_set=tmdb["tmdb_id"])
     tmdb_rows = pc.take(tmdb_rows_of_links, link_rows)
 
-    joined = tmdb.select(["tagline", "overview", "keywords"]).take(tmdb_rows)
+    joined = tmdb.select(["tagline", "overview", "keywords", "cast"]).take(tmdb_rows)
     joined_count = len(tmdb_rows) - tmdb_rows.null_count
     logger.info(
         "%d of %d movies join a TMDB entry; the rest get MovieLens text only.",
@@ -144,6 +152,7 @@ def _tmdb_columns(
         joined["tagline"].to_pylist(),
         joined["overview"].to_pylist(),
         joined["keywords"].to_pylist(),
+        joined["cast"].to_pylist(),
     )
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from recray.data.report import DataReport
-from recray.data.tmdb import load_tmdb
+from recray.data.tmdb import TMDB_SCHEMA, load_tmdb
 
 HEADER = ["budget", "genres", "id", "keywords", "overview", "tagline", "title"]
 GENRES = '[{"id": 28, "name": "Action"}, {"id": 80, "name": "Crime"}]'
@@ -58,12 +58,14 @@ def test_real_dump_reads_whole_and_clean(real: tuple[pa.Table, DataReport]) -> N
         "tagline",
         "genres",
         "keywords",
+        "cast",
     ]
     assert table.schema.types == [
         pa.int64(),
         pa.string(),
         pa.string(),
         pa.string(),
+        pa.list_(pa.string()),
         pa.list_(pa.string()),
         pa.list_(pa.string()),
     ]
@@ -187,3 +189,123 @@ def test_blank_texts_are_null_and_multiline_overviews_read(tmp_path: Path) -> No
 
     assert table["overview"].to_pylist() == ["First line.\nSecond line.", None]
     assert table["tagline"].to_pylist() == [None, "Short."]
+
+
+# ---- "The Movies Dataset" layout ------------------------------------------------
+
+METADATA_HEADER = ["adult", "genres", "id", "overview", "tagline", "title", "video"]
+CAST = (
+    "[{'cast_id': 14, 'character': 'Woody (voice)', 'name': 'Tom Hanks', "
+    "'order': 0}, {'cast_id': 15, 'character': 'Buzz', 'name': 'Tim Allen', "
+    "'order': 1}, {'cast_id': 16, 'character': 'Mr. Potato Head', "
+    """'name': "Don O'Rickles", 'order': 2}, {'cast_id': 17, 'character': 'Hamm', """
+    "'name': 'John Ratzenberger', 'order': 3}]"
+)
+
+
+def write_movies_dataset(folder: Path, credits: bool = True) -> Path:
+    folder.mkdir(exist_ok=True)
+    genres = "[{'id': 16, 'name': 'Animation'}, {'id': 35, 'name': 'Comedy'}]"
+    write_tmdb(
+        folder / "movies_metadata.csv",
+        [
+            [
+                "False",
+                genres,
+                "862",
+                "Woody and Buzz.\nToys.",
+                "",
+                "Toy Story",
+                "False",
+            ],
+            ["False", "[]", "1997-08-20", "A date in the id column.", "", "X", "F"],
+            ["False", "[{'id': 1, 'na", "949", "A heist.", "Crime saga", "Heat", "F"],
+            ["False", "[]", "862", "Duplicate.", "", "Toy Story", "False"],
+        ],
+        header=METADATA_HEADER,
+    )
+    if credits:
+        write_tmdb(
+            folder / "credits.csv",
+            [[CAST, "[]", "862"], ["[]", "[]", "949"], ["oops", "[]", "5"]],
+            header=["cast", "crew", "id"],
+        )
+    write_tmdb(
+        folder / "keywords.csv",
+        [["862", "[{'id': 931, 'name': 'jealousy'}, {'id': 4290, 'name': 'toy'}]"]],
+        header=["id", "keywords"],
+    )
+    return folder / "movies_metadata.csv"
+
+
+def test_movies_dataset_cast_gives_the_protagonists(tmp_path: Path) -> None:
+    report = DataReport()
+
+    table = load_tmdb(write_movies_dataset(tmp_path), report)
+
+    assert table.schema == TMDB_SCHEMA
+    rows = {row["tmdb_id"]: row for row in table.to_pylist()}
+    assert rows[862]["cast"] == ["Tom Hanks", "Tim Allen", "Don O'Rickles"]
+    assert rows[862]["genres"] == ["Animation", "Comedy"]
+    assert rows[862]["keywords"] == ["jealousy", "toy"]
+    assert rows[862]["overview"] == "Woody and Buzz.\nToys."
+    assert rows[949] == {
+        "tmdb_id": 949,
+        "title": "Heat",
+        "overview": "A heist.",
+        "tagline": "Crime saga",
+        "genres": [],
+        "keywords": [],
+        "cast": [],
+    }
+    assert report.dropped == {
+        ("movies_metadata.csv", "missing or non-integer `id`"): 1,
+        ("movies_metadata.csv", "duplicate `id`, kept the first"): 1,
+        ("movies_metadata.csv", "malformed list in `genres`, field emptied"): 1,
+        ("credits.csv", "malformed `cast`, field emptied"): 1,
+    }
+    assert report.dataset["tmdb_layout"] == "The Movies Dataset"
+
+
+def test_movies_dataset_folder_without_credits(tmp_path: Path) -> None:
+    write_movies_dataset(tmp_path, credits=False)
+
+    table = load_tmdb(tmp_path, DataReport())  # a folder works too
+
+    assert table.column("cast").to_pylist() == [[], []]
+
+
+def test_movies_dataset_text_has_protagonists_and_unknown_ids_keep_movielens(
+    tmp_path: Path,
+) -> None:
+    from recray.data.movielens import load_movielens
+    from recray.data.texts import build_movie_texts
+
+    tmdb = load_tmdb(write_movies_dataset(tmp_path / "tmdb"), DataReport())
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    (ml / "movies.csv").write_text(
+        "movieId,title,genres\n1,Toy Story (1995),Animation\n"
+        "2,Lost (2001),Drama\n3,Blank (2002),(no genres listed)\n"
+    )
+    (ml / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,10\n")
+    (ml / "links.csv").write_text("movieId,imdbId,tmdbId\n1,1,862\n2,2,123456\n3,3,\n")
+    movielens = load_movielens(ml, DataReport())
+
+    texts = build_movie_texts(movielens, tmdb, top_tags=0)["text"].to_pylist()
+
+    assert texts[0] == (
+        "Toy Story (1995). Genres: Animation. Overview: Woody and Buzz. Toys. "
+        "Starring: Tom Hanks, Tim Allen, Don O'Rickles. Keywords: jealousy, toy."
+    )
+    assert texts[1:] == ["Lost (2001). Genres: Drama.", "Blank (2002)."]
+
+
+def test_folder_without_either_layout_lists_both(tmp_path: Path) -> None:
+    (tmp_path / "other.csv").write_text("a\n")
+    with pytest.raises(
+        FileNotFoundError,
+        match="neither `tmdb_5000_movies.csv`.*"
+        "`movies_metadata.csv` with `credits.csv`.*`other.csv`",
+    ):
+        load_tmdb(tmp_path, DataReport())
