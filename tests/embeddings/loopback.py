@@ -222,6 +222,7 @@ class FaultProxy:
             self.embedded: collections.Counter[str] = collections.Counter()
             self.arrivals: list[Arrival] = []
             self.forwarded_requests = 0
+            self._passed = 0  # requests let through to forwarding, done or not
             self.forwarded_tokens = 0
             self.rate_limited = 0
             self.first_forward: float | None = None
@@ -247,7 +248,7 @@ class FaultProxy:
     def hold_after(self, requests: int) -> None:
         """Forward `requests` more requests, then hold the rest unforwarded."""
         with self._lock:
-            self._hold_after = self.forwarded_requests + requests
+            self._hold_after = self._passed + requests
             self._released.clear()
 
     def release(self) -> None:
@@ -294,9 +295,7 @@ class FaultProxy:
         from recray.embeddings.openai_provider import encoding
 
         self._encoding = encoding()
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=300)
-        )
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, access_log=None)
@@ -346,15 +345,15 @@ class FaultProxy:
             hold = (
                 fault is None
                 and self._hold_after is not None
-                and self.forwarded_requests >= self._hold_after
+                and self._passed >= self._hold_after
             )
+            if fault is None and not hold:
+                self._passed += 1
             self._record(texts, fault.kind if fault else ("held" if hold else "?"))
             arrival = self.arrivals[-1]
 
         if hold:
-            await asyncio.get_running_loop().run_in_executor(
-                None, self._released.wait
-            )
+            await asyncio.get_running_loop().run_in_executor(None, self._released.wait)
             return self._error(503, "Held by the test.", "server_error", "held")
         if fault is not None:
             if fault.kind == "429":
@@ -422,9 +421,7 @@ class FaultProxy:
                 self.last_forward = now
                 if arrival.outcome == "?":
                     arrival.outcome = "ok"
-        return web.Response(
-            body=body, status=status, content_type="application/json"
-        )
+        return web.Response(body=body, status=status, content_type="application/json")
 
     def _admit(self, tokens: int) -> float:
         """Book a request within the limits; else the seconds until it fits."""

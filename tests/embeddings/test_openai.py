@@ -278,9 +278,7 @@ def test_vectors_match_the_model_and_dimensions_get_their_own_cache(
 
     assert result.vectors.shape == (19, 384)
     assert result.num_title_fallbacks == 1
-    assert np.allclose(
-        _normalised(result.vectors), _bare(bare_model, texts), atol=ATOL
-    )
+    assert np.allclose(_normalised(result.vectors), _bare(bare_model, texts), atol=ATOL)
     assert sorted(proxy.embedded) == sorted(texts)
     assert max(proxy.embedded.values()) == 1
     assert proxy.forwarded_requests == 5  # 19 texts, 4 per request
@@ -305,16 +303,14 @@ def test_429_500_drops_and_timeouts_are_retried(
     monkeypatch.setenv("OPENAI_API_KEY", api_key)
     movies = _movies(24, seed="f")
     proxy.add_faults(
-        Fault("429", seconds=1.5), Fault("500"), Fault("drop"), Fault("slow", 6.0)
+        Fault("429", seconds=1.5), Fault("500"), Fault("drop"), Fault("slow", 10.0)
     )
-    config = _config(proxy.url, tmp_path, request_timeout_s=3.0, max_retries=4)
+    config = _config(proxy.url, tmp_path, request_timeout_s=8.0, max_retries=4)
 
     result = embed_movie_texts(_table(movies), config)
 
     texts = [text for _, _, text in movies]
-    assert np.allclose(
-        _normalised(result.vectors), _bare(bare_model, texts), atol=ATOL
-    )
+    assert np.allclose(_normalised(result.vectors), _bare(bare_model, texts), atol=ATOL)
     outcomes = proxy.outcomes()
     for kind in ("429", "500", "drop", "slow-abandoned"):
         assert outcomes[kind] == 1, outcomes
@@ -422,6 +418,26 @@ embed_movie_texts(pq.read_table(sys.argv[3]), config)
 """
 
 
+def _wait_for_no_embedding_actors(timeout_s: float) -> None:
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # The GCS's actor table, through this driver's own connection.
+        actors = ray._private.state.actors().values()
+        if not any(
+            actor["State"] != "DEAD"
+            and any(
+                name in actor["ActorClassName"]
+                for name in ("OpenAIEmbedder", "RateLimiter")
+            )
+            for actor in actors
+        ):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"The killed job's actors still live after {timeout_s} s.")
+
+
 @pytest.mark.slow
 def test_killed_job_resumes_and_no_text_is_embedded_twice(
     ray_cluster,
@@ -469,6 +485,9 @@ def test_killed_job_resumes_and_no_text_is_embedded_twice(
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(timeout=60)
+        # Ray kills a dead driver's actors soon, not at once; until then they
+        # would retry their held requests once released.
+        _wait_for_no_embedding_actors(timeout_s=120)
         proxy.release()
     assert len(cache.lookup(hashes)) == 12
 
