@@ -16,6 +16,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# infinity-emb (the tests' OpenAI-compatible server) pins numpy<2 and click<8.2:
+# its own venv, beside ours.
+INFINITY_VENV := .venv-infinity
+INFINITY_STAMP := $(INFINITY_VENV)/.installed
 
 # Job inputs and outputs, absolute: a submitted job runs in a copy of the repo.
 DATA_DIR ?= $(abspath ../shared/data/movielens/ml-latest-small)
@@ -51,7 +55,7 @@ JOBS_URL := http://127.0.0.1:$(DASHBOARD_PORT)
 SUBMIT_EXCLUDES := [".git", ".venv", "runs", ".cache", ".pytest_cache", ".ruff_cache"]
 
 .PHONY: help venv run test test-fast ray-up-local ray-down-local submit lint \
-	bench clean bench-data
+	bench clean bench-data infinity-venv bench-embed
 
 help:
 	@echo "make venv            create .venv and install requirements.txt and recray"
@@ -64,6 +68,8 @@ help:
 	echo "make lint            ruff check and ruff format --check"
 	echo "make bench           run benchmarks/*.py"
 	echo "make bench-data      histories prep, Ray Data vs pyarrow, synthetic ml-25m"
+	echo "make bench-embed     embedding throughput and rate limits -> benchmarks/results/embed.json"
+	echo "make infinity-venv   create .venv-infinity (the tests' embedding server)"
 	echo "make clean           remove caches and build leftovers"
 
 venv: $(STAMP)
@@ -78,8 +84,15 @@ $(STAMP): requirements.txt pyproject.toml
 run: venv
 	$(BIN)/python jobs/pipeline.py --data-dir $(DATA_DIR) --tmdb-path $(TMDB) $(ARGS)
 
+infinity-venv: $(INFINITY_STAMP)
+
+$(INFINITY_STAMP): tests/infinity-requirements.txt
+	[[ -x $(INFINITY_VENV)/bin/python ]] || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install -r tests/infinity-requirements.txt
+	touch $@
+
 # --foreground: Ctrl-C reaches pytest, which then stops its Ray clusters.
-test: venv
+test: venv infinity-venv
 	timeout --foreground --kill-after=60 $(TEST_TIMEOUT) \
 		$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -196,6 +209,9 @@ bench: venv
 bench-data: venv
 	RAY_TMPDIR=$${RAY_TMPDIR:-/tmp/ray-bench-data} \
 		$(BIN)/python benchmarks/bench_data.py $(BENCH_ARGS)
+
+bench-embed: venv infinity-venv
+	$(BIN)/python benchmarks/bench_embed.py $(BENCH_ARGS)
 
 # Keeps .venv, runs/ (results) and .cache/ (embeddings, slow to recompute).
 clean:

