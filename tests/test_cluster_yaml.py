@@ -69,8 +69,26 @@ def test_cluster_yaml_matches_ray_schema(cluster, validator):
             ),
             "'node_config' is a required property",
         ),
+        (
+            lambda config: config["available_node_types"]["gpu_worker"][
+                "resources"
+            ].update(GPU="one"),
+            "'one' is not of type 'integer'",
+        ),
+        (
+            lambda config: config["available_node_types"]["gpu_worker"][
+                "docker"
+            ].update(image="x"),
+            "Additional properties are not allowed ('image' was unexpected)",
+        ),
     ],
-    ids=["max-workers-not-integer", "unknown-top-level-key", "node-type-no-config"],
+    ids=[
+        "max-workers-not-integer",
+        "unknown-top-level-key",
+        "node-type-no-config",
+        "gpu-count-not-integer",
+        "gpu-docker-unknown-key",
+    ],
 )
 def test_schema_rejects_broken_copies(cluster, validator, mutate, expected):
     broken = copy.deepcopy(cluster)
