@@ -9,7 +9,8 @@ ones:
     histories  -> examples/train/, examples/validation/, histories.json
     train      -> train/ (Ray Train checkpoints), training.json,
                   query_model/ (SavedModel), candidates.parquet,
-                  candidate_embeddings.npy
+                  candidate_embeddings.npy, candidate_model/ and index/
+                  (recray.serving.catalogue lists the serving files)
     evaluate   -> metrics.json
 
 TensorFlow is imported inside the stages that need it, so that ingest, embed

@@ -32,6 +32,9 @@ def main(argv: Sequence[str], command: str = "recommend") -> int:
         history = parse_history(args.history)
         recommender = Recommender(args.run)
         found = recommender.recommend(history, args.k)
+        if not found:
+            print("No movie is left to recommend: the history holds them all.")
+            return
         width = max(len(item.title) for item in found)
         print(f"{'movie':<{width}}  score")
         for item in found:
