@@ -9,7 +9,8 @@ ones:
     histories  -> examples/train/, examples/validation/, histories.json
     train      -> train/ (Ray Train checkpoints), training.json,
                   query_model/ (SavedModel), candidates.parquet,
-                  candidate_embeddings.npy
+                  candidate_embeddings.npy, candidate_model/ and index/
+                  (recray.serving.catalogue lists the serving files)
     evaluate   -> metrics.json
 
 TensorFlow is imported inside the stages that need it, so that ingest, embed
@@ -193,6 +194,9 @@ def embed(config: PipelineConfig, paths: RunPaths) -> None:
         movie_id=texts["movie_id"].to_numpy(),
         vectors=result.vectors.astype(np.float32),
     )
+    from recray.serving.similar import log_similar_examples
+
+    log_similar_examples(texts["title"].to_pylist(), result.vectors, logger)
 
 
 def _vocabulary(paths: RunPaths):
@@ -282,6 +286,9 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
 
     load_weights(model, result.checkpoint_dir)
     export_query_model(model.query_model, paths.query_model)
+    from recray.serving.index import export_serving  # candidate model and index
+
+    export_serving(model.candidate_model, paths.root)
 
     rows = tf.range(movie_vectors.shape[0], dtype=tf.int32)
     candidates = model.candidate_model(rows).numpy()

@@ -69,8 +69,26 @@ def test_cluster_yaml_matches_ray_schema(cluster, validator):
             ),
             "'node_config' is a required property",
         ),
+        (
+            lambda config: config["available_node_types"]["gpu_worker"][
+                "resources"
+            ].update(GPU="one"),
+            "'one' is not of type 'integer'",
+        ),
+        (
+            lambda config: config["available_node_types"]["gpu_worker"][
+                "docker"
+            ].update(image="x"),
+            "Additional properties are not allowed ('image' was unexpected)",
+        ),
     ],
-    ids=["max-workers-not-integer", "unknown-top-level-key", "node-type-no-config"],
+    ids=[
+        "max-workers-not-integer",
+        "unknown-top-level-key",
+        "node-type-no-config",
+        "gpu-count-not-integer",
+        "gpu-docker-unknown-key",
+    ],
 )
 def test_schema_rejects_broken_copies(cluster, validator, mutate, expected):
     broken = copy.deepcopy(cluster)
@@ -90,15 +108,41 @@ def test_head_and_cpu_worker_types(cluster):
     assert "GPU" not in worker["resources"]
 
 
-def test_setup_commands_install_the_project(cluster):
+def test_gpu_worker_type(cluster):
+    node_types = cluster["available_node_types"]
+    worker = node_types["gpu_worker"]
+    assert worker["min_workers"] == 0
+    assert 1 <= worker["max_workers"] <= cluster["max_workers"]
+    assert worker["resources"]["GPU"] >= 1
+    assert worker["node_config"]["InstanceType"].startswith(("g", "p"))
+    # Its own CUDA image, while the other node types keep the CPU image.
+    assert worker["docker"]["worker_image"].endswith("-gpu")
+    assert cluster["docker"]["image"].endswith("-cpu")
+    assert "docker" not in node_types["cpu_worker"]
+
+
+@pytest.mark.parametrize("node_type", [None, "gpu_worker"], ids=["all", "gpu"])
+def test_setup_commands_install_the_project(cluster, node_type):
     # The checkout is mounted from the repository root ("." where `ray up` runs).
     project = next(
         remote for remote, local in cluster["file_mounts"].items() if local == "."
     )
-    setup = " ".join(cluster["setup_commands"])
+    # A node type's own worker_setup_commands replace the global ones.
+    commands = (
+        cluster["setup_commands"]
+        if node_type is None
+        else cluster["available_node_types"][node_type]["worker_setup_commands"]
+    )
+    setup = " ".join(commands)
 
     assert re.search(rf"pip install .*-r {re.escape(project)}/requirements\.txt", setup)
     assert re.search(rf"pip install .*-e {re.escape(project)}(\s|$)", setup)
+    assert "chmod 600 ~/.ray/auth_token" in setup
+    assert "export RAY_AUTH_MODE=token" in setup
+    if node_type == "gpu_worker":
+        # PyPI's torch wheel is the CUDA one; the CPU index must not be used.
+        assert "download.pytorch.org/whl/cpu" not in setup
+        assert "tensorflow[and-cuda]==" in setup
 
 
 def test_start_commands_enable_token_auth(cluster):

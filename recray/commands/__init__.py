@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("recray.commands.stages", "stage: fit the towers with Ray Train"),
     "evaluate": ("recray.commands.stages", "stage: score held-out users"),
     "data": ("recray.commands.data", "download a MovieLens release or synthesize one"),
+    "recommend": ("recray.commands.recommend", "movies for a typed history"),
+    "similar": ("recray.commands.similar", "closest movies by text embedding"),
+    "add-movies": ("recray.commands.add_movies", "add new movies to a run's index"),
 }
 
 
