@@ -52,6 +52,7 @@ SUBMIT_EXCLUDES := [".git", ".venv", "runs", ".cache", ".pytest_cache", ".ruff_c
 
 .PHONY: help venv run test test-fast ray-up-local ray-down-local submit lint \
 	bench clean
+.PHONY: bench-quality bench-train
 
 help:
 	@echo "make venv            create .venv and install requirements.txt and recray"
@@ -63,6 +64,8 @@ help:
 	echo "make ray-down-local  stop that head (and only that head)"
 	echo "make lint            ruff check and ruff format --check"
 	echo "make bench           run benchmarks/*.py"
+	echo "make bench-quality   model vs popularity, EASE, ID two-tower -> benchmarks/results/quality.json"
+	echo "make bench-train     Ray Train 1 and 2 workers vs plain fit -> benchmarks/results/train.json"
 	echo "make clean           remove caches and build leftovers"
 
 venv: $(STAMP)
@@ -188,6 +191,13 @@ bench: venv
 		echo "== $$script"
 		$(BIN)/python "$$script" $(BENCH_ARGS)
 	done
+
+# One run of the main job on ml-latest-small; also rewrites README's table.
+bench-quality: venv
+	$(BIN)/python benchmarks/bench_quality.py $(BENCH_ARGS)
+
+bench-train: venv
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
 
 # Keeps .venv, runs/ (results) and .cache/ (embeddings, slow to recompute).
 clean:

@@ -261,7 +261,7 @@ class EvalConfig:
     ks: tuple[int, ...] = (10, 100)
     max_eval_examples: int | None = None
     ease: bool = True
-    ease_l2_grid: tuple[float, ...] = (50.0, 200.0, 800.0)
+    ease_l2_grid: tuple[float, ...] = (100.0, 400.0, 1600.0, 6400.0)
 
     def __post_init__(self) -> None:
         _require(

@@ -27,7 +27,7 @@ from recray.schema import PAD_ID
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EASE_L2_GRID = (50.0, 200.0, 800.0)
+DEFAULT_EASE_L2_GRID = (100.0, 400.0, 1600.0, 6400.0)
 
 
 def popularity_scores(training_targets: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -121,22 +121,25 @@ def choose_ease(
     sequences: Sequence[np.ndarray],
     vocab_size: int,
     grid: Sequence[float] = DEFAULT_EASE_L2_GRID,
-    held_out_fraction: float = 0.1,
+    held_out_fraction: float = 0.2,
+    hidden_per_user: int = 10,
     k: int = 100,
     seed: int = 0,
 ) -> tuple[EaseModel, dict[float, float]]:
     """Choose EASE's `l2` on training users, then fit it on all of them.
 
     A seeded `held_out_fraction` of the users (with two or more movies) is
-    held out; their last movie is hidden, EASE is fitted on the other users
-    plus the held-out users' earlier movies, and HR@k of the hidden movies
-    scores each `l2` of `grid`.
+    held out; their last `hidden_per_user` movies are hidden, EASE is fitted
+    on the other users plus the held-out users' earlier movies, and HR@k of
+    the hidden movies, each ranked among the movies not yet rated, scores
+    each `l2` of `grid`.
 
     Args:
         sequences: Per training user, vocabulary rows in time order.
         vocab_size: Rows of the vocabulary, padding included.
         grid: Candidate regularisers.
-        held_out_fraction: Share of users whose last movie is hidden.
+        held_out_fraction: Share of users whose last movies are hidden.
+        hidden_per_user: Movies hidden per held-out user.
         k: Cut-off of the hit rate that picks `l2`.
         seed: Picks the held-out users.
 
@@ -158,9 +161,12 @@ def choose_ease(
     fit_sequences, pasts, targets = [], [], []
     for index, rows in enumerate(sequences):
         if index in held:
-            fit_sequences.append(rows[:-1])
-            pasts.append(rows[:-1])
-            targets.append(rows[-1])
+            # The last movies (up to `hidden_per_user`, never the first) are
+            # hidden; each is one target scored from the movies before them.
+            hidden = min(hidden_per_user, len(rows) - 1)
+            fit_sequences.append(rows[:-hidden])
+            pasts.extend([rows[:-hidden]] * hidden)
+            targets.extend(rows[-hidden:])
         else:
             fit_sequences.append(rows)
     matrix = interaction_matrix(fit_sequences, vocab_size)
