@@ -135,6 +135,8 @@ class ModelConfig:
             `id` a learned id embedding only (the ID two-tower baseline).
         trainable_embeddings: Fine-tune the text embeddings (`text` only).
         id_embedding_dim: Size of the learned id embeddings of `id`.
+        mask_history_negatives: With `catalogue`, a movie of the example's
+            history is no negative (it is never recommended anyway).
     """
 
     num_heads: int = 2
@@ -152,6 +154,7 @@ class ModelConfig:
     movie_features: Literal["text", "text_id", "id"] = "text"
     trainable_embeddings: bool = False
     id_embedding_dim: int = 64
+    mask_history_negatives: bool = True
 
     def __post_init__(self) -> None:
         for name in (

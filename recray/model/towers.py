@@ -248,6 +248,7 @@ class RetrievalModel(tf.keras.Model):
         if negative_rows is None:
             negative_rows = np.arange(1, movie_vectors.shape[0])
         self.catalogue_ids = tf.constant(np.asarray(negative_rows), dtype=tf.int32)
+        self.vocab_size = int(movie_vectors.shape[0])
         # The task takes the global dtype policy when built; under mixed
         # precision its scores and loss must stay float32 all the same.
         policy = tf.keras.mixed_precision.global_policy()
@@ -313,6 +314,19 @@ class RetrievalModel(tf.keras.Model):
         other_movies = tf.not_equal(
             self.catalogue_ids[tf.newaxis, :], targets[:, tf.newaxis]
         )  # [batch, catalogue]
+        if self.config.mask_history_negatives and HISTORY_IDS in features:
+            # A movie of the history is no negative: evaluation and serving
+            # never recommend a movie already rated, and punishing it would
+            # push down the movies most like the history.
+            seen = tf.math.bincount(
+                tf.cast(features[HISTORY_IDS], tf.int32),
+                minlength=self.vocab_size,
+                maxlength=self.vocab_size,
+                binary_output=True,
+                axis=-1,
+            )  # [batch, vocab_size]
+            unseen = tf.equal(tf.gather(seen, self.catalogue_ids, axis=1), 0)
+            other_movies = tf.logical_and(other_movies, unseen)
         return self.task(
             queries,
             candidates,

@@ -245,3 +245,20 @@ def test_mixed_precision_steps_keep_float32_embeddings():
         assert np.isfinite(fitted.history["loss"]).all()
     finally:
         tf.keras.mixed_precision.set_global_policy(policy)
+
+
+def test_history_movies_are_no_catalogue_negatives():
+    candidates = np.array(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32
+    )
+    queries = np.array([[1.0, 0.0]], dtype=np.float32)
+    history = _history([[1, 0]], [[0.0, 0.0]])
+    for masked, logits in ((True, [0.0, 1.2]), (False, [2.0, 0.0, 1.2])):
+        config = ModelConfig(temperature=0.5, mask_history_negatives=masked)
+        model = RetrievalModel(_movie_vectors(4, 2), config)
+        _fixed_towers(model, queries, candidates)
+        loss = model.per_example_loss(history, tf.constant([2])).numpy()
+        # Movie 1 is in the history: with the mask only movies 2 and 3 count.
+        label = 0 if masked else 1
+        expected = _softmax_cross_entropy(np.array(logits), label)
+        np.testing.assert_allclose(loss, [expected], rtol=1e-5)
