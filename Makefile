@@ -55,7 +55,7 @@ JOBS_URL := http://127.0.0.1:$(DASHBOARD_PORT)
 SUBMIT_EXCLUDES := [".git", ".venv", "runs", ".cache", ".pytest_cache", ".ruff_cache"]
 
 .PHONY: help venv run test test-fast ray-up-local ray-down-local submit lint \
-	bench clean bench-data infinity-venv bench-embed
+	bench clean bench-data infinity-venv bench-embed bench-quality bench-train
 
 help:
 	@echo "make venv            create .venv and install requirements.txt and recray"
@@ -70,6 +70,8 @@ help:
 	echo "make bench-data      histories prep, Ray Data vs pyarrow, synthetic ml-25m"
 	echo "make bench-embed     embedding throughput and rate limits -> benchmarks/results/embed.json"
 	echo "make infinity-venv   create .venv-infinity (the tests' embedding server)"
+	echo "make bench-quality   model vs popularity, EASE, ID two-tower -> benchmarks/results/quality.json"
+	echo "make bench-train     Ray Train 1 and 2 workers vs plain fit -> benchmarks/results/train.json"
 	echo "make clean           remove caches and build leftovers"
 
 venv: $(STAMP)
@@ -212,6 +214,13 @@ bench-data: venv
 
 bench-embed: venv infinity-venv
 	$(BIN)/python benchmarks/bench_embed.py $(BENCH_ARGS)
+
+# One run of the main job on ml-latest-small; also rewrites README's table.
+bench-quality: venv
+	$(BIN)/python benchmarks/bench_quality.py $(BENCH_ARGS)
+
+bench-train: venv
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
 
 # Keeps .venv, runs/ (results) and .cache/ (embeddings, slow to recompute).
 clean:

@@ -219,6 +219,14 @@ class ModelConfig:
             sampling probability so that popular movies are not over-punished.
         temperature: Scores are divided by this before the softmax.
         normalize_embeddings: L2-normalise query and candidate embeddings.
+        movie_features: What a movie is to both towers: `text` its text
+            embedding, `text_id` its frozen text embedding plus a learned
+            per-movie offset starting at zero (a cold movie keeps its text),
+            `id` a learned id embedding only (the ID two-tower baseline).
+        trainable_embeddings: Fine-tune the text embeddings (`text` only).
+        id_embedding_dim: Size of the learned id embeddings of `id`.
+        mask_history_negatives: With `catalogue`, a movie of the example's
+            history is no negative (it is never recommended anyway).
     """
 
     num_heads: int = 2
@@ -233,9 +241,19 @@ class ModelConfig:
     logq_correction: bool = True
     temperature: float = 0.05
     normalize_embeddings: bool = True
+    movie_features: Literal["text", "text_id", "id"] = "text"
+    trainable_embeddings: bool = False
+    id_embedding_dim: int = 64
+    mask_history_negatives: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("num_heads", "key_dim", "dense_units", "output_dim"):
+        for name in (
+            "num_heads",
+            "key_dim",
+            "dense_units",
+            "output_dim",
+            "id_embedding_dim",
+        ):
             value = getattr(self, name)
             _require(value >= 1, f"`{name}` must be >= 1, got {value}.")
         _require(
@@ -260,6 +278,16 @@ class TrainConfig:
             times `num_workers`).
         epochs: Passes over the training examples.
         learning_rate: Adam learning rate.
+        gpu_workers: Train on this many GPU workers instead of `num_workers`
+            CPU workers (0: CPU only).
+        mixed_precision: Compute in float16 on GPU workers (`mixed_float16`);
+            embeddings and the loss stay float32.
+        cold_start_fraction: Keep the movies of the latest title years that
+            hold about this share of the ratings out of training entirely,
+            and score them apart (0: no cold-start split).
+        id_baseline: Also train the ID two-tower baseline (the same towers
+            on learned movie ids) for the evaluate stage.
+        id_baseline_epochs: Its epochs; `epochs` when unset.
     """
 
     num_workers: int = 2
@@ -268,6 +296,11 @@ class TrainConfig:
     batch_size: int = 256
     epochs: int = 3
     learning_rate: float = 1e-3
+    gpu_workers: int = 0
+    mixed_precision: bool = False
+    cold_start_fraction: float = 0.05
+    id_baseline: bool = True
+    id_baseline_epochs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "cpus_per_worker", "batch_size", "epochs"):
@@ -277,6 +310,33 @@ class TrainConfig:
             self.learning_rate > 0,
             f"`learning_rate` must be > 0, got {self.learning_rate}.",
         )
+        _require(
+            self.gpu_workers >= 0,
+            f"`gpu_workers` must be >= 0, got {self.gpu_workers}.",
+        )
+        _require(
+            not self.mixed_precision or self.gpu_workers > 0 or self.use_gpu,
+            "`mixed_precision` needs GPU workers; add `--gpu-workers N`.",
+        )
+        _require(
+            0.0 <= self.cold_start_fraction <= 0.5,
+            "`cold_start_fraction` must be in [0, 0.5], got "
+            f"{self.cold_start_fraction}; 0 turns the cold-start split off.",
+        )
+        _require(
+            self.id_baseline_epochs is None or self.id_baseline_epochs >= 1,
+            f"`id_baseline_epochs` must be >= 1, got {self.id_baseline_epochs}.",
+        )
+
+    @property
+    def workers(self) -> int:
+        """Ray Train workers: `gpu_workers` when set, else `num_workers`."""
+        return self.gpu_workers or self.num_workers
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether each worker gets a GPU."""
+        return self.use_gpu or self.gpu_workers > 0
 
 
 @dataclass(frozen=True)
@@ -287,10 +347,14 @@ class EvalConfig:
         ks: Cut-offs for hit rate; NDCG is reported at the smallest.
         max_eval_examples: Score at most this many validation examples (all
             when unset), chosen with the split seed.
+        ease: Score the EASE baseline.
+        ease_l2_grid: EASE regularisers tried on held-out training users.
     """
 
     ks: tuple[int, ...] = (10, 100)
     max_eval_examples: int | None = None
+    ease: bool = True
+    ease_l2_grid: tuple[float, ...] = (100.0, 400.0, 1600.0, 6400.0)
 
     def __post_init__(self) -> None:
         _require(
@@ -300,6 +364,10 @@ class EvalConfig:
         _require(
             self.max_eval_examples is None or self.max_eval_examples >= 1,
             f"`max_eval_examples` must be >= 1 or unset, got {self.max_eval_examples}.",
+        )
+        _require(
+            len(self.ease_l2_grid) > 0 and min(self.ease_l2_grid) > 0,
+            f"`ease_l2_grid` must be one or more values > 0, got {self.ease_l2_grid}.",
         )
 
 

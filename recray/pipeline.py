@@ -105,6 +105,17 @@ class RunPaths:
     def metrics(self) -> Path:
         return self.root / "metrics.json"
 
+    @property
+    def id_two_tower(self) -> Path:
+        """The ID two-tower baseline: `train/`, `training.json`,
+        `query_model/` and `candidate_embeddings.npy`, as for the model."""
+        return self.root / "id_two_tower"
+
+    @property
+    def evaluation(self) -> Path:
+        """What evaluate chose and saw: EASE's `l2`, the cold-start split."""
+        return self.root / "evaluation.json"
+
 
 def resolve_paths(config: PipelineConfig) -> PipelineConfig:
     """Make every path absolute, so the saved config means the same anywhere."""
@@ -233,67 +244,149 @@ def _embedding_table(paths: RunPaths) -> np.ndarray:
     return np.concatenate([padding, vectors]).astype(np.float32)
 
 
-def _training_rating_counts(config: PipelineConfig, paths: RunPaths) -> np.ndarray:
-    """How often each vocabulary row was rated by a training user."""
-    from recray.data.histories import is_validation_user
-    from recray.evaluation.baselines import popularity_scores
+def _cold_start(config: PipelineConfig, paths: RunPaths):
+    """The run's cold-start movies, from the title years and all ratings."""
+    from recray.data.cold_start import choose_cold_movies, title_years
 
     vocabulary = _vocabulary(paths)
-    ratings = pq.read_table(paths.ratings, columns=["user_id", "movie_id"])
+    titles = pq.read_table(paths.movie_texts, columns=["title"])["title"]
+    years = np.concatenate([[0], title_years(titles.to_pylist())])
+    ratings = pq.read_table(paths.ratings, columns=["movie_id"])
+    rows = vocabulary.rows(ratings["movie_id"].to_numpy())
+    return choose_cold_movies(years, rows, config.train.cold_start_fraction)
+
+
+def _training_ratings(config: PipelineConfig, paths: RunPaths) -> pa.Table:
+    """Training users' ratings of warm movies, with their vocabulary `row`."""
+    from recray.data.histories import is_validation_user
+
+    vocabulary = _vocabulary(paths)
+    ratings = pq.read_table(
+        _require(paths.ratings, "ingest"),
+        columns=["user_id", "movie_id", "timestamp"],
+    )
     held_out = is_validation_user(
         ratings["user_id"].to_numpy(),
         config.data.split_seed,
         config.data.validation_fraction,
         count=config.data.validation_users,
     )
-    rows = vocabulary.rows(ratings["movie_id"].to_numpy()[~held_out])
-    return popularity_scores(rows, vocabulary.size)
+    rows = vocabulary.rows(ratings["movie_id"].to_numpy())
+    keep = ~held_out & ~_cold_start(config, paths).is_cold[rows]
+    return ratings.append_column("row", pa.array(rows)).filter(pa.array(keep))
 
 
-def train(config: PipelineConfig, paths: RunPaths) -> None:
-    """Fit the towers on Ray Train; export the query model and candidate embeddings."""
+def _training_rating_counts(config: PipelineConfig, paths: RunPaths) -> np.ndarray:
+    """How often each vocabulary row was rated by a training user (cold-start
+    movies never are)."""
+    from recray.evaluation.baselines import popularity_scores
+
+    rows = _training_ratings(config, paths)["row"].to_numpy()
+    return popularity_scores(rows, _vocabulary(paths).size)
+
+
+def _training_sequences(config: PipelineConfig, paths: RunPaths) -> list[np.ndarray]:
+    """Per training user, the warm vocabulary rows rated, in time order."""
+    ratings = _training_ratings(config, paths)
+    users = ratings["user_id"].to_numpy()
+    rows = ratings["row"].to_numpy()
+    order = np.lexsort(
+        (ratings["movie_id"].to_numpy(), ratings["timestamp"].to_numpy(), users)
+    )
+    users, rows = users[order], rows[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    return np.split(rows, starts[1:]) if len(rows) else []
+
+
+def _fit_and_export(
+    config: PipelineConfig,
+    model_config,
+    movie_vectors: np.ndarray,
+    counts: np.ndarray,
+    datasets: dict,
+    negative_rows: np.ndarray,
+    folder: Path,
+    epochs: int,
+    serving: bool = False,
+) -> list[dict[str, Any]]:
+    """Train one retrieval model on Ray Train and export it into `folder`:
+    `train/`, `query_model/`, `candidate_embeddings.npy`, and with `serving`
+    the candidate model and index that `recray recommend` loads; return its
+    epochs."""
     import tensorflow as tf
 
-    from recray.data.histories import read_examples
     from recray.model.export import export_query_model
     from recray.model.towers import RetrievalModel
     from recray.training.trainer import load_weights
     from recray.training.trainer import train as fit_towers
 
-    movie_vectors = _embedding_table(paths)
-    counts = _training_rating_counts(config, paths)
-    datasets = {
-        split: read_examples(_require(paths.examples / split, "histories"))
-        for split in ("train", "validation")
-    }
     # The driver's copy of the model: its summary is logged now, and it takes
     # the trained weights for export afterwards.
-    model = RetrievalModel(movie_vectors, config.model, counts)
+    model = RetrievalModel(movie_vectors, model_config, counts, negative_rows)
     model.build_towers(config.data.max_history)
     model.query_model.summary(print_fn=logger.info, expand_nested=True)
 
     result = fit_towers(
-        config.model,
-        config.train,
+        model_config,
+        dataclasses.replace(config.train, epochs=epochs),
         movie_vectors,
         counts,
         datasets,
         config.data.max_history,
-        paths.train,
+        folder / "train",
         seed=config.data.split_seed,
+        negative_rows=negative_rows,
     )
-    _write_json(paths.training, result.epochs)
-
     load_weights(model, result.checkpoint_dir)
-    export_query_model(model.query_model, paths.query_model)
-    from recray.serving.index import export_serving  # candidate model and index
+    export_query_model(model.query_model, folder / "query_model")
+    if serving:
+        from recray.serving.index import export_serving  # candidate model and index
 
-    export_serving(model.candidate_model, paths.root)
-
+        export_serving(model.candidate_model, folder)
     rows = tf.range(movie_vectors.shape[0], dtype=tf.int32)
     candidates = model.candidate_model(rows).numpy()
     candidates[0] = 0.0  # the padding row is no movie
-    np.save(paths.candidate_embeddings, candidates)
+    np.save(folder / "candidate_embeddings.npy", candidates)
+    return result.epochs
+
+
+def train(config: PipelineConfig, paths: RunPaths) -> None:
+    """Fit the towers on Ray Train; export the query model and candidate
+    embeddings. With `id_baseline`, the ID two-tower is trained the same way
+    into `id_two_tower/`. Cold-start movies are kept out of both."""
+    from recray.data.cold_start import without_cold_targets
+    from recray.data.histories import read_examples
+
+    movie_vectors = _embedding_table(paths)
+    counts = _training_rating_counts(config, paths)
+    cold = _cold_start(config, paths)
+    datasets = {
+        split: read_examples(_require(paths.examples / split, "histories"))
+        for split in ("train", "validation")
+    }
+    if cold.num_cold:
+        datasets = {
+            split: dataset.map_batches(
+                without_cold_targets,
+                fn_kwargs={"is_cold": cold.is_cold},
+                batch_format="numpy",
+            )
+            for split, dataset in datasets.items()
+        }
+    negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
+
+    epochs = _fit_and_export(
+        config,
+        config.model,
+        movie_vectors,
+        counts,
+        datasets,
+        negative_rows,
+        paths.root,
+        config.train.epochs,
+        serving=True,
+    )
+    _write_json(paths.training, epochs)
     texts = pq.read_table(paths.movie_texts, columns=["movie_id", "title"])
     pq.write_table(
         texts.add_column(0, "row", pa.array(np.arange(1, texts.num_rows + 1))),
@@ -301,10 +394,37 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     )
     logger.info("Exported the query model to %s", paths.query_model)
 
+    if config.train.id_baseline:
+        paths.id_two_tower.mkdir(exist_ok=True)
+        id_config = dataclasses.replace(
+            config.model, movie_features="id", trainable_embeddings=False
+        )
+        id_epochs = _fit_and_export(
+            config,
+            id_config,
+            movie_vectors,
+            counts,
+            datasets,
+            negative_rows,
+            paths.id_two_tower,
+            config.train.id_baseline_epochs or config.train.epochs,
+        )
+        _write_json(paths.id_two_tower / "training.json", id_epochs)
+
 
 def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, float]]:
-    """Rank the whole catalogue for every validation example, model and baselines."""
+    """Rank the whole catalogue for every validation example, model and baselines.
+
+    Rows of `metrics.json`: each scorer on all validation examples (`model`,
+    `popularity`, `ease`, `id_two_tower`), then on the examples whose target
+    is a warm movie (`warm:<name>`) and a cold-start movie (`cold:<name>`).
+    Id-based scorers rank a movie no training user rated lowest, so they hit
+    no cold-start target. `evaluation.json` records EASE's choice of `l2`
+    and the cold-start split.
+    """
+    from recray.data.cold_start import mask_cold_history
     from recray.data.histories import rated_before, read_examples
+    from recray.evaluation.baselines import choose_ease
     from recray.evaluation.metrics import rank_in_chunks, ranking_metrics
     from recray.model.export import ExportedQueryModel
     from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
@@ -318,26 +438,71 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
         examples = {name: column[chosen] for name, column in examples.items()}
     targets = examples[TARGET_ID].astype(np.int64)
     ratings = pq.read_table(paths.ratings)
-    excluded = rated_before(ratings, _vocabulary(paths), examples)
-
-    query_model = ExportedQueryModel(_require(paths.query_model, "train"))
-    queries = query_model(examples[HISTORY_IDS], examples[HISTORY_RATINGS])
-    candidates = np.load(_require(paths.candidate_embeddings, "train"))
+    vocabulary = _vocabulary(paths)
+    excluded = rated_before(ratings, vocabulary, examples)
+    cold = _cold_start(config, paths)
     popularity = _training_rating_counts(config, paths)
+    unseen = popularity == 0  # no training rating: id-based scorers know nothing
 
+    def two_tower(folder: Path, history: dict, id_based: bool):
+        query_model = ExportedQueryModel(_require(folder / "query_model", "train"))
+        queries = query_model(history[HISTORY_IDS], history[HISTORY_RATINGS])
+        candidates = np.load(_require(folder / "candidate_embeddings.npy", "train"))
+
+        def score(rows: slice) -> np.ndarray:
+            scores = queries[rows] @ candidates.T
+            if id_based:
+                scores[:, unseen] = -np.inf
+            return scores
+
+        return score
+
+    popularity_scores = np.where(unseen, -np.inf, popularity)
     scorers: dict[str, Callable[[slice], np.ndarray]] = {
-        "model": lambda rows: queries[rows] @ candidates.T,
+        "model": two_tower(paths.root, examples, id_based=False),
         "popularity": lambda rows: np.broadcast_to(
-            popularity, (len(targets[rows]), len(popularity))
+            popularity_scores, (len(targets[rows]), len(popularity))
         ),
     }
-    metrics = {}
+    info: dict[str, Any] = {"cold_start": cold.to_dict()}
+    if config.eval.ease:
+        started = time.perf_counter()
+        ease, grid = choose_ease(
+            _training_sequences(config, paths),
+            vocabulary.size,
+            config.eval.ease_l2_grid,
+            seed=config.data.split_seed,
+        )
+        info["ease"] = {"l2": ease.l2, "hr@100_by_l2": grid}
+        logger.info(
+            "Fitted EASE (l2=%g) in %.1f s", ease.l2, time.perf_counter() - started
+        )
+        scorers["ease"] = lambda rows: ease.scores(excluded[rows])
+    if (paths.id_two_tower / "query_model").is_dir():
+        id_history = mask_cold_history(examples, cold.is_cold)
+        scorers["id_two_tower"] = two_tower(paths.id_two_tower, id_history, True)
+
+    is_cold_target = cold.is_cold[targets]
+    info["examples"] = {
+        "all": int(len(targets)),
+        "warm": int((~is_cold_target).sum()),
+        "cold": int(is_cold_target.sum()),
+    }
+    metrics: dict[str, dict[str, float]] = {}
+    subsets: dict[str, dict[str, float]] = {}
     for name, score in scorers.items():
         started = time.perf_counter()
         ranks = rank_in_chunks(score, targets, excluded)
         metrics[name] = ranking_metrics(ranks, config.eval.ks)
+        for subset, selected in (("warm", ~is_cold_target), ("cold", is_cold_target)):
+            if selected.any():
+                subsets[f"{subset}:{name}"] = ranking_metrics(
+                    ranks[selected], config.eval.ks
+                )
         logger.info("Scored %s in %.1f s", name, time.perf_counter() - started)
+    metrics.update(subsets)
     _write_json(paths.metrics, metrics)
+    _write_json(paths.evaluation, info)
     return metrics
 
 
@@ -349,7 +514,8 @@ def load_metrics(paths: RunPaths) -> dict[str, dict[str, float]]:
 def format_metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """A plain-text table: one row per model, one column per metric."""
     columns = list(next(iter(metrics.values())))
-    header = f"{'model':<12}" + "".join(f"{column:>10}" for column in columns)
+    width = max(12, *(len(name) + 2 for name in metrics))
+    header = f"{'model':<{width}}" + "".join(f"{column:>10}" for column in columns)
     lines = [header, "-" * len(header)]
     for name, values in metrics.items():
         cells = "".join(
@@ -358,7 +524,7 @@ def format_metrics_table(metrics: dict[str, dict[str, float]]) -> str:
             else f"{values[column]:>10.4f}"
             for column in columns
         )
-        lines.append(f"{name:<12}{cells}")
+        lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)
 
 

@@ -50,11 +50,25 @@ def test_metrics_cover_model_and_popularity_on_the_same_examples(tiny_run):
     metrics = _json(paths.metrics)
     histories = _json(paths.histories)
 
-    assert set(metrics) == {"model", "popularity"}
-    for values in metrics.values():
+    scorers = {"model", "popularity", "ease", "id_two_tower"}
+    assert scorers <= set(metrics)
+    for name, values in metrics.items():
         assert set(values) == {"hr@10", "hr@100", "ndcg@10", "examples"}
-        assert values["examples"] == histories["examples"]["validation"] > 0
         assert 0.0 <= values["hr@10"] <= values["hr@100"] <= 1.0
+        if name in scorers:
+            assert values["examples"] == histories["examples"]["validation"] > 0
+    # Warm and cold-start targets split the same examples.
+    info = _json(paths.evaluation)
+    assert info["cold_start"]["cold_movies"] > 0
+    for name in scorers:
+        parts = [
+            metrics.get(f"{part}:{name}", {"examples": 0}) for part in ("warm", "cold")
+        ]
+        assert sum(part["examples"] for part in parts) == metrics[name]["examples"]
+    assert metrics["cold:model"]["examples"] == info["examples"]["cold"] > 0
+    # Id-based scorers know nothing of a movie kept out of training.
+    for name in ("popularity", "ease", "id_two_tower"):
+        assert metrics[f"cold:{name}"]["hr@100"] == 0.0
     # A few hundred movies: a target excluded by mistake would never be hit.
     assert metrics["model"]["hr@100"] > 0.0
     assert metrics["popularity"]["hr@100"] > 0.0

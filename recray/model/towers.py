@@ -24,20 +24,72 @@ from recray.config import ModelConfig
 from recray.schema import HISTORY_IDS, HISTORY_RATINGS, PAD_ID
 
 
-def text_embedding_layer(movie_vectors: np.ndarray, name: str) -> tf.keras.layers.Layer:
-    """A frozen Embedding whose rows are the movies' text embeddings.
+def text_embedding_layer(
+    movie_vectors: np.ndarray, name: str, trainable: bool = False
+) -> tf.keras.layers.Layer:
+    """An Embedding whose rows start as the movies' text embeddings.
 
     Args:
         movie_vectors: [vocab_size, dim] with row `PAD_ID` all zeros.
         name: Layer name.
+        trainable: Fine-tune the vectors (frozen by default). Padding is
+            masked everywhere, so row `PAD_ID` gets no gradient.
     """
     vocab_size, dim = movie_vectors.shape
     return tf.keras.layers.Embedding(
         vocab_size,
         dim,
         embeddings_initializer=tf.keras.initializers.Constant(movie_vectors),
-        trainable=False,
+        trainable=trainable,
         name=name,
+    )
+
+
+class TextPlusIdEmbedding(tf.keras.layers.Layer):
+    """Frozen text vectors plus a learned per-movie offset that starts at zero.
+
+    A movie never seen in training keeps a zero offset, so it is read through
+    its text alone, while movies seen often learn what their text misses.
+    """
+
+    def __init__(self, movie_vectors: np.ndarray, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = text_embedding_layer(movie_vectors, "text", trainable=False)
+        vocab_size, dim = movie_vectors.shape
+        self.offset = tf.keras.layers.Embedding(
+            vocab_size, dim, embeddings_initializer="zeros", name="id_offset"
+        )
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        """Vectors [..., dim] of ids [...]."""
+        return self.text(ids) + self.offset(ids)
+
+
+def movie_embedding_layer(
+    movie_vectors: np.ndarray, config: ModelConfig
+) -> tf.keras.layers.Layer:
+    """The movie table both towers share, as `config.movie_features` says.
+
+    `text` uses the text vectors (frozen unless `trainable_embeddings`),
+    `text_id` adds a learned offset per movie to the frozen text vectors,
+    and `id` ignores the text: a learned `id_embedding_dim` vector per movie,
+    the ID two-tower baseline.
+
+    Args:
+        movie_vectors: [vocab_size, dim] text vectors, row `PAD_ID` zeros.
+        config: Model settings.
+    """
+    if config.movie_features == "id":
+        return tf.keras.layers.Embedding(
+            movie_vectors.shape[0],
+            config.id_embedding_dim,
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=0.05),
+            name="movie_id_embeddings",
+        )
+    if config.movie_features == "text_id":
+        return TextPlusIdEmbedding(movie_vectors, name="movie_text_id_embeddings")
+    return text_embedding_layer(
+        movie_vectors, "movie_text_embeddings", config.trainable_embeddings
     )
 
 
@@ -122,7 +174,8 @@ class QueryModel(tf.keras.Model):
 
         pooled = self.pooling(sequence, mask)
         hidden = self.dropout(self.hidden(pooled), training=training)
-        embedding = self.projection(hidden)
+        # float32 even under mixed precision: the loss and the index are.
+        embedding = tf.cast(self.projection(hidden), tf.float32)
         if self.config.normalize_embeddings:
             embedding = tf.math.l2_normalize(embedding, axis=-1)
         return embedding
@@ -147,6 +200,7 @@ class CandidateModel(tf.keras.Model):
     def call(self, movie_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Candidate embeddings [num, output_dim] for movie ids [num]."""
         embedding = self.projection(self.hidden(self.movie_embedding(movie_ids)))
+        embedding = tf.cast(embedding, tf.float32)
         if self.config.normalize_embeddings:
             embedding = tf.math.l2_normalize(embedding, axis=-1)
         return embedding
@@ -172,6 +226,7 @@ class RetrievalModel(tf.keras.Model):
         movie_vectors: np.ndarray,
         config: ModelConfig,
         target_frequencies: np.ndarray | None = None,
+        negative_rows: np.ndarray | None = None,
     ) -> None:
         """Build both towers.
 
@@ -180,22 +235,34 @@ class RetrievalModel(tf.keras.Model):
             config: Tower and loss settings.
             target_frequencies: [vocab_size] how often each movie is a training
                 target; needed for the logQ correction.
+            negative_rows: Vocabulary rows the catalogue softmax scores; all
+                movies by default. Cold-start movies are left out of it.
         """
         super().__init__(name="retrieval_model")
         self.config = config
         # One frozen table for both towers: at 62k movies and 1536 dims a copy
         # is 380 MB per worker.
-        movie_embedding = text_embedding_layer(movie_vectors, "movie_text_embeddings")
+        movie_embedding = movie_embedding_layer(movie_vectors, config)
         self.query_model = QueryModel(movie_embedding, config)
         self.candidate_model = CandidateModel(movie_embedding, config)
-        self.catalogue_ids = tf.range(1, movie_vectors.shape[0], dtype=tf.int32)
-        self.task = tfrs.tasks.Retrieval(
-            loss=tf.keras.losses.CategoricalCrossentropy(
-                from_logits=True, reduction=tf.keras.losses.Reduction.NONE
-            ),
-            temperature=config.temperature,
-            remove_accidental_hits=config.negatives == "in_batch",
-        )
+        if negative_rows is None:
+            negative_rows = np.arange(1, movie_vectors.shape[0])
+        self.catalogue_ids = tf.constant(np.asarray(negative_rows), dtype=tf.int32)
+        self.vocab_size = int(movie_vectors.shape[0])
+        # The task takes the global dtype policy when built; under mixed
+        # precision its scores and loss must stay float32 all the same.
+        policy = tf.keras.mixed_precision.global_policy()
+        tf.keras.mixed_precision.set_global_policy("float32")
+        try:
+            self.task = tfrs.tasks.Retrieval(
+                loss=tf.keras.losses.CategoricalCrossentropy(
+                    from_logits=True, reduction=tf.keras.losses.Reduction.NONE
+                ),
+                temperature=config.temperature,
+                remove_accidental_hits=config.negatives == "in_batch",
+            )
+        finally:
+            tf.keras.mixed_precision.set_global_policy(policy)
         self.sampling_probability = None
         if config.negatives == "in_batch" and config.logq_correction:
             if target_frequencies is None:
@@ -247,6 +314,19 @@ class RetrievalModel(tf.keras.Model):
         other_movies = tf.not_equal(
             self.catalogue_ids[tf.newaxis, :], targets[:, tf.newaxis]
         )  # [batch, catalogue]
+        if self.config.mask_history_negatives and HISTORY_IDS in features:
+            # A movie of the history is no negative: evaluation and serving
+            # never recommend a movie already rated, and punishing it would
+            # push down the movies most like the history.
+            seen = tf.math.bincount(
+                tf.cast(features[HISTORY_IDS], tf.int32),
+                minlength=self.vocab_size,
+                maxlength=self.vocab_size,
+                binary_output=True,
+                axis=-1,
+            )  # [batch, vocab_size]
+            unseen = tf.equal(tf.gather(seen, self.catalogue_ids, axis=1), 0)
+            other_movies = tf.logical_and(other_movies, unseen)
         return self.task(
             queries,
             candidates,
@@ -259,7 +339,14 @@ class RetrievalModel(tf.keras.Model):
         with tf.GradientTape() as tape:
             per_example = self.per_example_loss(features, targets, training=True)
             loss = tf.nn.compute_average_loss(per_example)
+            scaled = isinstance(
+                self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer
+            )
+            if scaled:  # mixed precision: keep float16 gradients from underflowing
+                loss = self.optimizer.get_scaled_loss(loss)
         gradients = tape.gradient(loss, self.trainable_variables)
+        if scaled:
+            gradients = self.optimizer.get_unscaled_gradients(gradients)
         self.optimizer.apply_gradients(
             zip(gradients, self.trainable_variables, strict=True)
         )

@@ -5,18 +5,22 @@ reads its dataset shard of the training and validation examples, and after
 every epoch reports the losses through `ray.train.report` with a checkpoint
 written by world rank 0. A restarted run picks up from the last checkpoint.
 
-A checkpoint holds the trainable weights only (`weights.npz`) and the epoch
-(`state.json`): the frozen text embeddings are rebuilt from the run's
-embeddings, which keeps checkpoints small even for 1536-dim OpenAI vectors.
-Adam's moments are not saved, so a resumed run restarts them from zero.
+A checkpoint holds the trainable weights (`weights.npz`), Adam's moments and
+step count (`optimizer.npz`) and the epoch (`state.json`): the frozen text
+embeddings are rebuilt from the run's embeddings, which keeps checkpoints
+small even for 1536-dim OpenAI vectors. A worker that dies is restarted by
+Ray Train (`FailureConfig`), and the run goes on from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,33 @@ from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.npz"
+OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class CrashOnce:
+    """Kill one worker process once, to show that training survives it.
+
+    The worker of `rank` sends itself SIGKILL `delay_s` seconds into the
+    epoch after `after_epoch` (the others are then mid-epoch, waiting on it),
+    unless `marker` exists; it writes `marker` (its pid) first, so the
+    restarted run goes on. For tests and fault drills.
+    """
+
+    after_epoch: int
+    marker: Path
+    rank: int = 0
+    delay_s: float = 3.0
+
+    def strike(self, rank: int, epoch: int) -> None:
+        """Kill this process if it is the chosen worker at the chosen epoch."""
+        if rank != self.rank or epoch != self.after_epoch or self.marker.exists():
+            return
+        time.sleep(self.delay_s)
+        self.marker.write_text(str(os.getpid()))
+        logger.warning("Killing worker %d (pid %d): fault drill.", rank, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -44,15 +74,56 @@ class TrainingResult:
     epochs: list[dict[str, Any]]
 
 
+def _optimizer_variables(model) -> list:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "variables"):
+        return []
+    variables = optimizer.variables
+    return list(variables() if callable(variables) else variables)
+
+
 def save_weights(model, directory: Path, epoch: int) -> None:
-    """Write a model's trainable weights and the finished epoch count."""
+    """Write a model's trainable weights, its optimizer's state (Adam's
+    moments and step, once it has any) and the finished epoch count."""
     arrays = {f"w{index}": w.numpy() for index, w in enumerate(model.trainable_weights)}
     np.savez(directory / WEIGHTS_FILE, **arrays)
+    slots = _optimizer_variables(model)
+    if slots:
+        np.savez(
+            directory / OPTIMIZER_FILE,
+            **{f"v{index}": v.numpy() for index, v in enumerate(slots)},
+        )
     (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+
+
+def _load_optimizer(model, directory: Path) -> bool:
+    """Restore the optimizer state `save_weights` wrote; False when none."""
+    path = directory / OPTIMIZER_FILE
+    optimizer = getattr(model, "optimizer", None)
+    if not path.is_file() or optimizer is None or not hasattr(optimizer, "build"):
+        return False
+    with np.load(path) as arrays:
+        saved = [arrays[f"v{index}"] for index in range(len(arrays.files))]
+    if len(_optimizer_variables(model)) < len(saved):
+        optimizer.build(model.trainable_variables)  # creates the moments
+    slots = _optimizer_variables(model)
+    if [a.shape for a in saved] != [tuple(v.shape) for v in slots]:
+        logger.warning(
+            "Optimizer state in `%s` does not fit this optimizer; Adam's "
+            "moments restart from zero.",
+            directory,
+        )
+        return False
+    for variable, value in zip(slots, saved, strict=True):
+        variable.assign(value)
+    return True
 
 
 def load_weights(model, directory: Path) -> int:
     """Restore weights written by `save_weights`; return the epochs finished.
+
+    The optimizer's state is restored too when the model is compiled and the
+    checkpoint holds it.
 
     Raises:
         ValueError: The checkpoint was written by a model of another shape.
@@ -69,6 +140,7 @@ def load_weights(model, directory: Path) -> int:
         )
     for variable, value in zip(weights, saved, strict=True):
         variable.assign(value)
+    _load_optimizer(model, directory)
     return json.loads((directory / STATE_FILE).read_text())["epoch"]
 
 
@@ -94,56 +166,87 @@ def _shard_to_tf(shard, batch_size: int, shuffle_seed: int | None):
     return dataset.with_options(options)
 
 
+def _build_model(tf, loop_config: dict[str, Any], model_config, train_config):
+    from recray.model.towers import RetrievalModel
+
+    model = RetrievalModel(
+        loop_config["movie_vectors_array"],
+        model_config,
+        loop_config["target_frequencies"],
+        loop_config.get("negative_rows"),
+    )
+    model.build_towers(loop_config["max_history"])
+    optimizer = tf.keras.optimizers.Adam(train_config.learning_rate)
+    if train_config.mixed_precision:
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer)
+    return model
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: build, resume, fit epoch by epoch, report."""
     # TensorFlow loads here, in the worker, after `recray` (imported with
     # this module) has set TF_USE_LEGACY_KERAS; the runtime env sets it too.
     import tensorflow as tf
 
-    from recray.model.towers import RetrievalModel
-
     model_config = from_dict(ModelConfig, loop_config["model"])
     train_config = from_dict(TrainConfig, loop_config["train"])
-    movie_vectors = ray.get(loop_config["movie_vectors"])
+    loop_config = {
+        **loop_config,
+        "movie_vectors_array": ray.get(loop_config["movie_vectors"]),
+    }
     context = ray.train.get_context()
+    rank = context.get_world_rank()
 
     # One TensorFlow thread pool per reserved CPU: several workers on one node
     # would otherwise each start a thread per core and fight over them.
     tf.config.threading.set_intra_op_parallelism_threads(train_config.cpus_per_worker)
     tf.config.threading.set_inter_op_parallelism_threads(train_config.cpus_per_worker)
-    tf.keras.utils.set_random_seed(loop_config["seed"] + context.get_world_rank())
+    if train_config.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    tf.keras.utils.set_random_seed(loop_config["seed"] + rank)
+    gpus = len(tf.config.list_physical_devices("GPU"))
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
-        model = RetrievalModel(
-            movie_vectors, model_config, loop_config["target_frequencies"]
-        )
-        model.build_towers(loop_config["max_history"])
-        model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+        model = _build_model(tf, loop_config, model_config, train_config)
 
     first_epoch = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+        with checkpoint.as_directory() as directory, strategy.scope():
             first_epoch = load_weights(model, Path(directory))
 
+    crash: CrashOnce | None = loop_config.get("crash_once")
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
     for epoch in range(first_epoch, train_config.epochs):
+        if crash is not None:
+            crash.strike(rank, epoch)
         train_data = _shard_to_tf(
             train_shard, train_config.batch_size, loop_config["seed"] + epoch
         )
+        started = time.perf_counter()
         fitted = model.fit(train_data, epochs=1, verbose=0)
+        train_seconds = time.perf_counter() - started
+        started = time.perf_counter()
         validation_data = _shard_to_tf(validation_shard, train_config.batch_size, None)
         validation = model.evaluate(validation_data, verbose=0, return_dict=True)
+        validation_seconds = time.perf_counter() - started
+        steps = int(model.optimizer.iterations.numpy())
         metrics = {
             "epoch": epoch + 1,
             "loss": float(fitted.history["loss"][-1]),
             "val_loss": float(validation["loss"]),
+            "train_seconds": train_seconds,
+            "validation_seconds": validation_seconds,
+            "optimizer_steps": steps,
+            "resumed_from_epoch": first_epoch,
+            "gpus_per_worker": gpus,
         }
 
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
-            if context.get_world_rank() == 0:
+            if rank == 0:
                 save_weights(model, Path(directory), epoch + 1)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -160,18 +263,18 @@ def check_enough_examples(
         ValueError: Fewer training examples than `num_workers * batch_size`,
             or fewer validation examples than `num_workers`.
     """
-    needed = config.num_workers * config.batch_size
+    needed = config.workers * config.batch_size
     if num_examples < needed:
         raise ValueError(
             f"{num_examples} training examples cannot fill one batch of "
-            f"{config.batch_size} on each of {config.num_workers} workers "
+            f"{config.batch_size} on each of {config.workers} workers "
             f"({needed} needed). Lower `--batch-size` or `--num-workers`, or "
             "use more data."
         )
-    if num_validation is not None and num_validation < config.num_workers:
+    if num_validation is not None and num_validation < config.workers:
         raise ValueError(
             f"{num_validation} validation examples cannot give each of "
-            f"{config.num_workers} workers one. Raise `--validation-fraction`, "
+            f"{config.workers} workers one. Raise `--validation-fraction`, "
             "lower `--num-workers`, or use more data."
         )
 
@@ -185,6 +288,8 @@ def train(
     max_history: int,
     storage_dir: Path,
     seed: int = 0,
+    negative_rows: np.ndarray | None = None,
+    crash_once: CrashOnce | None = None,
 ) -> TrainingResult:
     """Fit the towers on a Ray cluster and return the last checkpoint.
 
@@ -199,6 +304,9 @@ def train(
             `train/`, emptied first. Must be shared storage on a multi-node
             cluster.
         seed: Seeds weights and the per-epoch shuffle.
+        negative_rows: Vocabulary rows of the catalogue softmax (all movies
+            when unset; the cold-start split leaves its movies out).
+        crash_once: Kill one worker once mid-training (fault drills).
 
     Raises:
         ValueError: Too few examples for the workers and batch size.
@@ -225,13 +333,15 @@ def train(
         "target_frequencies": target_frequencies,
         "max_history": max_history,
         "seed": seed,
+        "negative_rows": negative_rows,
+        "crash_once": crash_once,
     }
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=train_config.num_workers,
-            use_gpu=train_config.use_gpu,
+            num_workers=train_config.workers,
+            use_gpu=train_config.on_gpu,
             resources_per_worker={"CPU": train_config.cpus_per_worker},
         ),
         run_config=RunConfig(
@@ -253,3 +363,74 @@ def train(
         key=lambda metrics: metrics["epoch"],
     )
     return TrainingResult(Path(result.checkpoint.path), epochs)
+
+
+def fit_in_process(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    movie_vectors: np.ndarray,
+    target_frequencies: np.ndarray,
+    examples: dict[str, np.ndarray],
+    max_history: int,
+    seed: int = 0,
+    negative_rows: np.ndarray | None = None,
+):
+    """Fit the towers with plain Keras `fit` in this process, no Ray.
+
+    The reference that `make bench-train` holds Ray Train against, and a
+    quick way to compare model options on one machine. Same model, loss,
+    optimizer, batch size and per-epoch shuffle as a Ray Train worker.
+
+    Args:
+        model_config: Towers and loss.
+        train_config: Batch size, epochs, learning rate, `cpus_per_worker`
+            (TensorFlow threads).
+        movie_vectors: [vocab_size, dim] text embeddings, row 0 zeros.
+        target_frequencies: [vocab_size] training target counts (logQ).
+        examples: `history_ids`, `history_ratings` [n, max_history] and
+            `target_id` [n].
+        max_history: History length of the examples.
+        seed: Seeds weights and the shuffle.
+        negative_rows: Vocabulary rows of the catalogue softmax.
+
+    Returns:
+        The trained `RetrievalModel` and, per epoch, `loss` and
+        `train_seconds`.
+    """
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(train_config.cpus_per_worker)
+    tf.config.threading.set_inter_op_parallelism_threads(train_config.cpus_per_worker)
+    tf.keras.utils.set_random_seed(seed)
+    loop_config = {
+        "movie_vectors_array": movie_vectors.astype(np.float32),
+        "target_frequencies": target_frequencies,
+        "negative_rows": negative_rows,
+        "max_history": max_history,
+    }
+    model = _build_model(tf, loop_config, model_config, train_config)
+    check_enough_examples(len(examples[TARGET_ID]), train_config)
+    features = {
+        HISTORY_IDS: examples[HISTORY_IDS].astype(np.int32),
+        HISTORY_RATINGS: examples[HISTORY_RATINGS].astype(np.float32),
+    }
+    data = tf.data.Dataset.from_tensor_slices(
+        (features, examples[TARGET_ID].astype(np.int32))
+    )
+    epochs = []
+    for epoch in range(train_config.epochs):
+        batches = (
+            data.shuffle(100 * train_config.batch_size, seed=seed + epoch)
+            .batch(train_config.batch_size, drop_remainder=True)
+            .prefetch(2)
+        )
+        started = time.perf_counter()
+        fitted = model.fit(batches, epochs=1, verbose=0)
+        epochs.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(fitted.history["loss"][-1]),
+                "train_seconds": time.perf_counter() - started,
+            }
+        )
+    return model, epochs

@@ -173,3 +173,92 @@ def test_a_few_steps_of_fit_lower_the_loss(negatives):
 
     losses = fitted.history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_negative_rows_leave_cold_movies_out_of_the_catalogue_softmax():
+    candidates = np.array(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32
+    )
+    queries = np.array([[1.0, 0.0]], dtype=np.float32)
+    config = ModelConfig(negatives="catalogue", temperature=0.5)
+    # Movie 3 is a cold-start movie: no negative.
+    model = RetrievalModel(_movie_vectors(4, 2), config, negative_rows=np.array([1, 2]))
+    _fixed_towers(model, queries, candidates)
+
+    loss = model.per_example_loss({}, tf.constant([2])).numpy()
+    np.testing.assert_allclose(
+        loss, [_softmax_cross_entropy(np.array([2.0, 0.0]), 1)], rtol=1e-5
+    )
+
+
+def _trainable_tables(config: ModelConfig) -> list[str]:
+    model = RetrievalModel(_movie_vectors(6, 4), config)
+    model.build_towers(max_history=3)
+    return sorted(
+        w.name
+        for w in model.trainable_weights
+        if "embedding" in w.name or "offset" in w.name
+    )
+
+
+def test_movie_features_decide_which_tables_learn():
+    assert _trainable_tables(ModelConfig()) == []
+    assert len(_trainable_tables(ModelConfig(trainable_embeddings=True))) == 1
+    assert len(_trainable_tables(ModelConfig(movie_features="text_id"))) == 1
+    assert len(_trainable_tables(ModelConfig(movie_features="id"))) == 1
+
+
+def test_text_id_starts_as_text_and_id_ignores_the_text():
+    vectors = _movie_vectors(6, 4)
+    ids = tf.constant([1, 4], tf.int32)
+    model = RetrievalModel(vectors, ModelConfig(movie_features="text_id"))
+    model.build_towers(max_history=3)
+    table = model.candidate_model.movie_embedding
+    np.testing.assert_allclose(table(ids), vectors[[1, 4]])
+    assert table is model.query_model.movie_embedding
+
+    id_model = RetrievalModel(
+        vectors, ModelConfig(movie_features="id", id_embedding_dim=5)
+    )
+    id_model.build_towers(max_history=3)
+    id_table = id_model.candidate_model.movie_embedding
+    assert id_table.trainable and id_table.embeddings.shape == (6, 5)
+
+
+def test_mixed_precision_steps_keep_float32_embeddings():
+    policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        tf.keras.utils.set_random_seed(0)
+        model = RetrievalModel(_movie_vectors(30, 8), ModelConfig(dense_units=8))
+        model.build_towers(max_history=4)
+        model.compile(
+            optimizer=tf.keras.mixed_precision.LossScaleOptimizer(
+                tf.keras.optimizers.Adam(0.01)
+            )
+        )
+        rng = np.random.default_rng(0)
+        ids = rng.integers(1, 30, size=(64, 4)).astype(np.int32)
+        features = {HISTORY_IDS: ids, HISTORY_RATINGS: np.zeros((64, 4), "f4")}
+        fitted = model.fit(features, ids[:, 0], batch_size=32, epochs=3, verbose=0)
+        assert model.query_model(features).dtype == tf.float32
+        assert np.isfinite(fitted.history["loss"]).all()
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+
+
+def test_history_movies_are_no_catalogue_negatives():
+    candidates = np.array(
+        [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32
+    )
+    queries = np.array([[1.0, 0.0]], dtype=np.float32)
+    history = _history([[1, 0]], [[0.0, 0.0]])
+    for masked, logits in ((True, [0.0, 1.2]), (False, [2.0, 0.0, 1.2])):
+        config = ModelConfig(temperature=0.5, mask_history_negatives=masked)
+        model = RetrievalModel(_movie_vectors(4, 2), config)
+        _fixed_towers(model, queries, candidates)
+        loss = model.per_example_loss(history, tf.constant([2])).numpy()
+        # Movie 1 is in the history: with the mask only movies 2 and 3 count.
+        label = 0 if masked else 1
+        expected = _softmax_cross_entropy(np.array(logits), label)
+        np.testing.assert_allclose(loss, [expected], rtol=1e-5)

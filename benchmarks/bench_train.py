@@ -1,0 +1,185 @@
+"""Training throughput: Ray Train with 1 and 2 CPU workers against plain Keras.
+
+Trains the same towers on the same examples of ml-latest-small three ways in
+one run: plain Keras `fit` in this process (the reference), then Ray Train's
+TensorflowTrainer with 1 and with 2 CPU workers. Each is timed inside the
+training loop (`fit` only, the steady state) and around the whole call
+(start-up, Ray Data, validation and checkpoints included). Writes
+benchmarks/results/train.json with examples per second and the ratios to the
+reference. The run folder (ingest, embed, histories) is made first if absent.
+
+    .venv/bin/python benchmarks/bench_train.py [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import recray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from recray import pipeline
+from recray.cluster import init_ray
+from recray.config import DataConfig, EmbeddingConfig, PipelineConfig, TrainConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--name", default="bench-train")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO.parent / "shared/data/movielens/ml-latest-small",
+    )
+    parser.add_argument(
+        "--tmdb-path",
+        type=Path,
+        default=REPO.parent / "shared/data/tmdb/tmdb_5000_movies.csv",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level="WARNING")
+
+    config = PipelineConfig(
+        name=args.name,
+        runs_dir=REPO / "runs",
+        data=DataConfig(data_dir=args.data_dir, tmdb_path=args.tmdb_path),
+        embedding=EmbeddingConfig(cache_dir=REPO / ".cache/embeddings"),
+        train=TrainConfig(epochs=args.epochs, id_baseline=False),
+    )
+    init_ray(num_cpus=4)
+    paths = pipeline.RunPaths(pipeline.resolve_paths(config).run_dir)
+    if not (paths.examples / "train").is_dir():
+        pipeline.run(config, ("ingest", "embed", "histories"))
+
+    import ray
+
+    from recray.data.cold_start import without_cold_targets
+    from recray.data.histories import read_examples
+    from recray.training.trainer import fit_in_process, train
+
+    vectors = pipeline._embedding_table(paths)
+    counts = pipeline._training_rating_counts(config, paths)
+    cold = pipeline._cold_start(config, paths)
+    negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
+    datasets = {
+        split: read_examples(paths.examples / split)
+        .map_batches(
+            without_cold_targets,
+            fn_kwargs={"is_cold": cold.is_cold},
+            batch_format="numpy",
+        )
+        .materialize()
+        for split in ("train", "validation")
+    }
+    examples = datasets["train"].take_batch(
+        datasets["train"].count(), batch_format="numpy"
+    )
+    num_examples = len(examples["target_id"])
+    results: dict = {
+        "data": str(args.data_dir),
+        "training_examples": num_examples,
+        "epochs": args.epochs,
+        "batch_size_per_worker": config.train.batch_size,
+        "model": "default ModelConfig (frozen text, attention, catalogue softmax)",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "runs": {},
+    }
+
+    def record(name: str, epochs: list[dict], wall: float, workers: int) -> None:
+        steps = [e for e in epochs]
+        fit_seconds = sum(e["train_seconds"] for e in steps)
+        # Each worker fits its shard; drop_last keeps whole global batches.
+        global_batch = workers * config.train.batch_size
+        trained = (num_examples // global_batch) * global_batch * len(steps)
+        results["runs"][name] = {
+            "workers": workers,
+            "wall_seconds": round(wall, 1),
+            "fit_seconds": round(fit_seconds, 1),
+            "validation_seconds": round(
+                sum(e.get("validation_seconds", 0.0) for e in steps), 1
+            ),
+            "other_seconds": round(
+                wall
+                - fit_seconds
+                - sum(e.get("validation_seconds", 0.0) for e in steps),
+                1,
+            ),
+            "examples_per_s_fit": round(trained / fit_seconds, 1),
+            "examples_per_s_wall": round(trained / wall, 1),
+            "first_epoch_fit_seconds": round(steps[0]["train_seconds"], 1),
+            "load_before": round(load_before, 2),
+        }
+        print(name, json.dumps(results["runs"][name]))
+
+    load_before = _load()
+    train_config = dataclasses.replace(config.train, num_workers=1)
+    started = time.perf_counter()
+    _, epochs = fit_in_process(
+        config.model,
+        train_config,
+        vectors,
+        counts,
+        examples,
+        config.data.max_history,
+        seed=config.data.split_seed,
+        negative_rows=negative_rows,
+    )
+    record("plain_fit", epochs, time.perf_counter() - started, 1)
+
+    for workers in (1, 2):
+        load_before = _load()
+        started = time.perf_counter()
+        result = train(
+            config.model,
+            dataclasses.replace(config.train, num_workers=workers),
+            vectors,
+            counts,
+            datasets,
+            config.data.max_history,
+            paths.root / f"bench_train_{workers}",
+            seed=config.data.split_seed,
+            negative_rows=negative_rows,
+        )
+        record(
+            f"ray_train_{workers}",
+            result.epochs,
+            time.perf_counter() - started,
+            workers,
+        )
+
+    reference = results["runs"]["plain_fit"]
+    for name in ("ray_train_1", "ray_train_2"):
+        run = results["runs"][name]
+        results[f"{name}_vs_plain_fit"] = {
+            "fit": round(
+                run["examples_per_s_fit"] / reference["examples_per_s_fit"], 3
+            ),
+            "wall": round(
+                run["examples_per_s_wall"] / reference["examples_per_s_wall"], 3
+            ),
+        }
+    results["target"] = "ray_train_1_vs_plain_fit.fit >= 0.85"
+    results["load_after"] = round(_load(), 2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Compare model options in one process on a run folder's examples.
+
+A quick harness for the ablations of issue 5: it trains the towers with plain
+Keras `fit` (no Ray Train), on the training examples of a run made by
+`jobs/pipeline.py` (ingest, embed and histories are enough), and scores a
+seeded sample of validation examples against the whole catalogue, with the
+cold-start movies kept out of training as the train stage does.
+
+    .venv/bin/python scripts/ablations.py --run runs/dev --epochs 3 \
+        --max-eval 3000 --model temperature=0.1 --model use_attention=False
+
+Appends one JSON line per call to `--out` (default
+benchmarks/results/ablations.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+
+import recray  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from recray import pipeline
+from recray.config import PipelineConfig, load_yaml
+from recray.data.cold_start import without_cold_targets
+from recray.data.histories import rated_before
+from recray.evaluation.metrics import rank_in_chunks, ranking_metrics
+from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
+
+
+def read_split(folder: Path) -> dict[str, np.ndarray]:
+    """Example columns of one split, read with pyarrow (no Ray cluster)."""
+    import ray.data  # noqa: F401  (registers Ray's tensor column type)
+
+    table = pq.read_table(folder)
+    columns = {}
+    for name in table.column_names:
+        column = table[name].combine_chunks()
+        if hasattr(column, "to_numpy_ndarray"):
+            columns[name] = column.to_numpy_ndarray()
+        else:
+            try:
+                columns[name] = column.to_numpy()
+            except Exception:  # noqa: BLE001
+                columns[name] = np.stack(column.to_numpy(zero_copy_only=False))
+    return columns
+
+
+def overrides(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/dev"))
+    parser.add_argument("--model", action="append", default=[])
+    parser.add_argument("--train", action="append", default=[])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--max-eval", type=int, default=3000)
+    parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--ease", action="store_true", help="score EASE instead of training"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/ablations.jsonl")
+    )
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level="WARNING")
+
+    from recray.training.trainer import fit_in_process
+
+    paths = pipeline.RunPaths(args.run)
+    config = load_yaml(PipelineConfig, paths.config)
+    model_config = dataclasses.replace(config.model, **overrides(args.model))
+    train_config = dataclasses.replace(
+        config.train, epochs=args.epochs, **overrides(args.train)
+    )
+    config = dataclasses.replace(config, model=model_config, train=train_config)
+
+    vectors = pipeline._embedding_table(paths)
+    counts = pipeline._training_rating_counts(config, paths)
+    cold = pipeline._cold_start(config, paths)
+    train = without_cold_targets(read_split(paths.examples / "train"), cold.is_cold)
+    validation = read_split(paths.examples / "validation")
+    rng = np.random.default_rng(config.data.split_seed)
+    if args.max_eval < len(validation[TARGET_ID]):
+        chosen = np.sort(rng.choice(len(validation[TARGET_ID]), args.max_eval, False))
+        validation = {name: column[chosen] for name, column in validation.items()}
+
+    targets = validation[TARGET_ID].astype(np.int64)
+    excluded = rated_before(
+        pq.read_table(paths.ratings), pipeline._vocabulary(paths), validation
+    )
+    is_cold = cold.is_cold[targets]
+    if args.ease:
+        from recray.evaluation.baselines import choose_ease
+
+        started = time.perf_counter()
+        ease, grid = choose_ease(
+            pipeline._training_sequences(config, paths),
+            len(vectors),
+            config.eval.ease_l2_grid,
+            seed=config.data.split_seed,
+        )
+        ranks = rank_in_chunks(
+            lambda rows: ease.scores(excluded[rows]), targets, excluded
+        )
+        result = {
+            "label": args.label or "ease",
+            "ease": {"l2": ease.l2, "grid": grid},
+            "all": ranking_metrics(ranks, config.eval.ks),
+            "warm": ranking_metrics(ranks[~is_cold], config.eval.ks),
+            "cold": ranking_metrics(ranks[is_cold], config.eval.ks),
+            "train_seconds": round(time.perf_counter() - started, 1),
+        }
+        with args.out.open("a") as out:
+            out.write(json.dumps(result) + "\n")
+        print(json.dumps(result))
+        return
+
+    negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
+    started = time.perf_counter()
+    model, epochs = fit_in_process(
+        model_config,
+        train_config,
+        vectors,
+        counts,
+        train,
+        config.data.max_history,
+        seed=config.data.split_seed,
+        negative_rows=negative_rows,
+    )
+    seconds = time.perf_counter() - started
+
+    history = validation
+    if model_config.movie_features == "id":
+        from recray.data.cold_start import mask_cold_history
+
+        history = mask_cold_history(validation, cold.is_cold)
+    queries = model.query_model.predict(
+        {HISTORY_IDS: history[HISTORY_IDS], HISTORY_RATINGS: history[HISTORY_RATINGS]},
+        batch_size=2048,
+        verbose=0,
+    )
+    candidates = model.candidate_model.predict(
+        np.arange(len(vectors), dtype=np.int32), batch_size=4096, verbose=0
+    )
+    unseen = counts == 0
+
+    def score(rows: slice) -> np.ndarray:
+        scores = queries[rows] @ candidates.T
+        if model_config.movie_features == "id":
+            scores[:, unseen] = -np.inf
+        return scores
+
+    ranks = rank_in_chunks(score, targets, excluded)
+    result = {
+        "label": args.label,
+        "model": overrides(args.model),
+        "train": {**overrides(args.train), "epochs": args.epochs},
+        "all": ranking_metrics(ranks, config.eval.ks),
+        "warm": ranking_metrics(ranks[~is_cold], config.eval.ks),
+        "cold": ranking_metrics(ranks[is_cold], config.eval.ks),
+        "loss_by_epoch": [round(e["loss"], 4) for e in epochs],
+        "train_seconds": round(seconds, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as out:
+        out.write(json.dumps(result) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
