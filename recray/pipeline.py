@@ -225,6 +225,25 @@ def _training_rating_counts(config: PipelineConfig, paths: RunPaths) -> np.ndarr
     return popularity_scores(rows, vocabulary.size)
 
 
+def training_inputs(
+    config: PipelineConfig, paths: RunPaths
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """What the train stage fits on: the embedding table [vocab_size, dim],
+    the training rating counts [vocab_size] and the `train` and `validation`
+    example datasets. A Tune trial reads the same."""
+    from recray.data.histories import read_examples
+
+    datasets = {
+        split: read_examples(_require(paths.examples / split, "histories"))
+        for split in ("train", "validation")
+    }
+    return (
+        _embedding_table(paths),
+        _training_rating_counts(config, paths),
+        datasets,
+    )
+
+
 def train(config: PipelineConfig, paths: RunPaths) -> None:
     """Fit the towers on Ray Train; export the query model and candidate embeddings."""
     import tensorflow as tf
@@ -405,9 +424,42 @@ def run(config: PipelineConfig, stages: Sequence[str] = STAGES) -> RunPaths:
         from recray.cluster import init_ray
 
         init_ray()
-    for stage in stages:
-        started = time.perf_counter()
-        logger.info("Stage %s ...", stage)
-        STAGE_FUNCTIONS[stage](config, paths)
-        logger.info("Stage %s done in %.1f s", stage, time.perf_counter() - started)
+    tracker = start_tracking(config, paths)
+    try:
+        for stage in stages:
+            started = time.perf_counter()
+            logger.info("Stage %s ...", stage)
+            STAGE_FUNCTIONS[stage](config, paths)
+            logger.info("Stage %s done in %.1f s", stage, time.perf_counter() - started)
+            track_stage(tracker, stage, paths)
+    finally:
+        if tracker is not None:
+            tracker.close()
     return paths
+
+
+def start_tracking(config: PipelineConfig, paths: RunPaths):
+    """A ClearML tracker of the run with its config logged, or None when off."""
+    from recray import tracking
+    from recray.config import to_dict
+
+    tracker = tracking.start(config.tracking, config.name, paths.root)
+    if tracker is not None:
+        tracker.log_config(to_dict(config))
+        tracker.log_artifact("config", paths.config)
+    return tracker
+
+
+def track_stage(tracker, stage: str, paths: RunPaths) -> None:
+    """Log what a finished stage wrote: the data report after `ingest`, the
+    per-epoch metrics after `train`, the metrics table after `evaluate`."""
+    if tracker is None:
+        return
+    if stage == "train" and paths.training.is_file():
+        tracker.log_epochs(json.loads(paths.training.read_text()))
+        tracker.log_artifact("training", paths.training)
+    if stage == "evaluate" and paths.metrics.is_file():
+        tracker.log_table("validation metrics", load_metrics(paths))
+        tracker.log_artifact("metrics", paths.metrics)
+    if stage == "ingest" and paths.data_report.is_file():
+        tracker.log_artifact("data_report", paths.data_report)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "histories": ("recray.commands.stages", "stage: cut padded examples"),
     "train": ("recray.commands.stages", "stage: fit the towers with Ray Train"),
     "evaluate": ("recray.commands.stages", "stage: score held-out users"),
+    "tune": ("recray.commands.tune", "Ray Tune search over the towers (ASHA)"),
 }
 
 

@@ -24,19 +24,22 @@ from recray.config import ModelConfig
 from recray.schema import HISTORY_IDS, HISTORY_RATINGS, PAD_ID
 
 
-def text_embedding_layer(movie_vectors: np.ndarray, name: str) -> tf.keras.layers.Layer:
-    """A frozen Embedding whose rows are the movies' text embeddings.
+def text_embedding_layer(
+    movie_vectors: np.ndarray, name: str, trainable: bool = False
+) -> tf.keras.layers.Layer:
+    """An Embedding whose rows start as the movies' text embeddings.
 
     Args:
         movie_vectors: [vocab_size, dim] with row `PAD_ID` all zeros.
         name: Layer name.
+        trainable: Fine-tune the rows; frozen by default.
     """
     vocab_size, dim = movie_vectors.shape
     return tf.keras.layers.Embedding(
         vocab_size,
         dim,
         embeddings_initializer=tf.keras.initializers.Constant(movie_vectors),
-        trainable=False,
+        trainable=trainable,
         name=name,
     )
 
@@ -185,7 +188,9 @@ class RetrievalModel(tf.keras.Model):
         self.config = config
         # One frozen table for both towers: at 62k movies and 1536 dims a copy
         # is 380 MB per worker.
-        movie_embedding = text_embedding_layer(movie_vectors, "movie_text_embeddings")
+        movie_embedding = text_embedding_layer(
+            movie_vectors, "movie_text_embeddings", config.trainable_embeddings
+        )
         self.query_model = QueryModel(movie_embedding, config)
         self.candidate_model = CandidateModel(movie_embedding, config)
         self.catalogue_ids = tf.range(1, movie_vectors.shape[0], dtype=tf.int32)

@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "loss": float(fitted.history["loss"][-1]),
             "val_loss": float(validation["loss"]),
         }
+        epoch_metrics = loop_config.get("epoch_metrics")
+        if epoch_metrics is not None and context.get_world_rank() == 0:
+            metrics.update(epoch_metrics(model))
 
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
@@ -185,6 +189,10 @@ def train(
     max_history: int,
     storage_dir: Path,
     seed: int = 0,
+    *,
+    callbacks: list | None = None,
+    epoch_metrics: Callable[[Any], dict[str, float]] | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
     """Fit the towers on a Ray cluster and return the last checkpoint.
 
@@ -199,6 +207,12 @@ def train(
             `train/`, emptied first. Must be shared storage on a multi-node
             cluster.
         seed: Seeds weights and the per-epoch shuffle.
+        callbacks: Ray Train `UserCallback`s, e.g. Tune's
+            `TuneReportCallback` when a Tune trial runs this.
+        epoch_metrics: Called on world rank 0 with the model after every
+            epoch; the metrics it returns join that epoch's report.
+        resume: Keep `storage_dir` and continue from its last checkpoint
+            (a restored Tune trial) instead of starting afresh.
 
     Raises:
         ValueError: Too few examples for the workers and batch size.
@@ -216,7 +230,8 @@ def train(
     # Ray Train resumes a run it finds under its storage path; a new call must
     # not pick up the checkpoints of an earlier, other config. They go only
     # once this run is known to be able to start.
-    shutil.rmtree(storage_dir, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(storage_dir, ignore_errors=True)
     loop_config = {
         "model": to_dict(model_config),
         "train": to_dict(train_config),
@@ -225,6 +240,7 @@ def train(
         "target_frequencies": target_frequencies,
         "max_history": max_history,
         "seed": seed,
+        "epoch_metrics": epoch_metrics,
     }
     trainer = TensorflowTrainer(
         train_loop_per_worker,
@@ -239,6 +255,7 @@ def train(
             storage_path=str(storage_dir.resolve().parent),
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )
