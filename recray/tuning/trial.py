@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import ray.data
 from ray import tune
 
 from recray import pipeline
@@ -46,6 +47,8 @@ def run_trial(
 
     from recray.training.trainer import train as fit_towers
 
+    # Progress bars of a trial's Ray Data reads flood the driver's log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     config = apply_parameters(from_dict(PipelineConfig, base), parameters)
     context = tune.get_context()
     trial_dir = Path(context.get_trial_dir())
