@@ -44,7 +44,7 @@ from recray.config import (
 )
 from recray.tuning.report import TrialSummary, rank_trials, write_report
 from recray.tuning.space import PARAMETERS, apply_parameters, search_space
-from recray.tuning.trial import run_trial
+from recray.tuning.trial import run_trial, trial_dirname
 from recray.tuning.validation import sample_validation
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ def _summaries(grid: tune.ResultGrid) -> list[TrialSummary]:
         history: list[dict[str, Any]] = []
         if frame is not None and "epoch" in frame:
             # A resumed trial may report an epoch twice; keep the later one.
-            frame = frame.dropna(subset=["epoch"]).drop_duplicates("epoch", "last")
+            frame = frame.dropna(subset=["epoch"]).drop_duplicates(
+                subset="epoch", keep="last"
+            )
             keep = [
                 c
                 for c in frame.columns
@@ -174,7 +176,7 @@ def _plain(value: Any) -> Any:
 
 def _trial_dirname(trial) -> str:
     """Short trial folders: `trial_<id>` instead of every parameter value."""
-    return f"trial_{trial.trial_id}"
+    return trial_dirname(trial.trial_id)
 
 
 @ray.remote(num_cpus=0, max_calls=1)
@@ -295,7 +297,12 @@ def run_search(
             tracker.log_config(to_dict(config))
             tracker.log_config(to_dict(settings), name="search")
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=to_dict(base), sample=sample),
+            tune.with_parameters(
+                run_trial,
+                base=to_dict(base),
+                sample=sample,
+                experiment_dir=str(experiment_dir),
+            ),
             # The trial function only drives its TensorflowTrainer, whose
             # workers reserve the CPUs and GPUs themselves (`ScalingConfig`).
             resources={"CPU": DRIVER_CPUS},

@@ -29,10 +29,16 @@ TRAIN_DIR = "train"
 TRAINING_FILE = "training.json"
 
 
+def trial_dirname(trial_id: str) -> str:
+    """The folder of a trial in the search's experiment folder."""
+    return f"trial_{trial_id}"
+
+
 def run_trial(
     parameters: dict[str, Any],
     base: dict[str, Any],
     sample: ValidationSample,
+    experiment_dir: str,
 ) -> None:
     """Train one sampled configuration, reporting each epoch to Tune.
 
@@ -41,6 +47,10 @@ def run_trial(
         base: `to_dict` of the search's `PipelineConfig`, with the per-trial
             number of workers already set.
         sample: The validation examples every epoch scores for HR@100.
+        experiment_dir: The search's folder in the run folder. The trial's
+            checkpoints go to its trial folder there, not to Tune's
+            per-session working folder, so that a restored trial, in a
+            new Ray session, finds them.
     """
     # Imported here: the trial process, not the Tune driver, loads Ray Train.
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -51,7 +61,8 @@ def run_trial(
     ray.data.DataContext.get_current().enable_progress_bars = False
     config = apply_parameters(from_dict(PipelineConfig, base), parameters)
     context = tune.get_context()
-    trial_dir = Path(context.get_trial_dir())
+    trial_dir = Path(experiment_dir) / trial_dirname(context.get_trial_id())
+    trial_dir.mkdir(parents=True, exist_ok=True)
     paths = pipeline.RunPaths(config.run_dir)
     movie_vectors, counts, datasets = pipeline.training_inputs(config, paths)
 
