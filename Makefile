@@ -55,11 +55,12 @@ JOBS_URL := http://127.0.0.1:$(DASHBOARD_PORT)
 SUBMIT_EXCLUDES := [".git", ".venv", "runs", ".cache", ".pytest_cache", ".ruff_cache"]
 
 .PHONY: help venv run test test-fast ray-up-local ray-down-local submit lint \
-	bench clean bench-data infinity-venv bench-embed bench-quality bench-train
+	bench clean bench-data infinity-venv bench-embed bench-quality bench-train tune
 
 help:
 	@echo "make venv            create .venv and install requirements.txt and recray"
 	echo "make run ARGS=...    run jobs/pipeline.py here (in-process Ray)"
+	echo "make tune ARGS=...   run jobs/tune.py here: a Ray Tune search"
 	echo "make test            all tests (TEST_TIMEOUT=$(TEST_TIMEOUT))"
 	echo "make test-fast       tests not marked slow"
 	echo "make ray-up-local    start a local head at $(JOBS_URL)"
@@ -92,6 +93,11 @@ $(INFINITY_STAMP): tests/infinity-requirements.txt
 	[[ -x $(INFINITY_VENV)/bin/python ]] || $(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/python -m pip install -r tests/infinity-requirements.txt
 	touch $@
+
+# A Tune search on the run folder `runs/<name>`, e.g.
+# ARGS="--num-samples 4 --max-concurrent 2" (add --resume to finish one).
+tune: venv
+	$(BIN)/python jobs/tune.py --data-dir $(DATA_DIR) --tmdb-path $(TMDB) $(ARGS)
 
 # --foreground: Ctrl-C reaches pytest, which then stops its Ray clusters.
 test: venv infinity-venv

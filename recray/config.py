@@ -378,6 +378,7 @@ class PipelineConfig:
     Attributes:
         name: Run name; outputs go to `runs_dir/name`.
         runs_dir: Parent folder of run folders (env `RECRAY_RUNS_DIR`).
+        tracking: Experiment tracking (ClearML) of the run.
     """
 
     name: str = "default"
@@ -387,6 +388,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig())
 
     @property
     def run_dir(self) -> Path:
@@ -454,3 +456,71 @@ def load_yaml(config_class: type[ConfigT], path: Path) -> ConfigT:
 def save_yaml(config: Any, path: Path) -> None:
     """Write a config dataclass as YAML that `load_yaml` reads back."""
     path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking of a run with ClearML.
+
+    Attributes:
+        clearml: `auto` logs to the ClearML server when one is configured
+            (`CLEARML_API_HOST` or a `clearml.conf`) and answers, else writes
+            an offline session into the run folder; `offline` always writes
+            the offline session; `off` logs nothing.
+        clearml_project: ClearML project of the run's task.
+    """
+
+    clearml: Literal["auto", "offline", "off"] = "auto"
+    clearml_project: str = "recray"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A Ray Tune search over the towers on a prepared run folder.
+
+    Attributes:
+        search_name: The search's folder `runs/<name>/tune/<search_name>/`.
+        num_samples: Trials to sample from the search space.
+        max_concurrent: Trials at once; lowered to what the cluster's CPUs
+            and GPUs hold.
+        grace_period: Epochs every trial trains before ASHA may stop it.
+        reduction_factor: ASHA keeps the best 1/`reduction_factor` of the
+            trials at each rung.
+        workers_per_trial: Ray Train workers of each trial (`cpus_per_worker`
+            and `use_gpu` come from the train settings).
+        eval_sample: Validation examples (seeded sample) each trial scores
+            against the whole catalogue after every epoch for HR@100.
+        seed: Seeds the sampling of trial configurations.
+        num_cpus: Logical CPUs of the local Ray cluster the search starts
+            when it joins none; when unset, the cores, but at least enough
+            for `max_concurrent` trials and Ray Data.
+    """
+
+    search_name: str = "search"
+    num_samples: int = 4
+    max_concurrent: int = 2
+    grace_period: int = 1
+    reduction_factor: int = 2
+    workers_per_trial: int = 1
+    eval_sample: int = 2000
+    seed: int = 0
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "num_samples",
+            "max_concurrent",
+            "grace_period",
+            "workers_per_trial",
+            "eval_sample",
+        ):
+            value = getattr(self, name)
+            _require(value >= 1, f"`{name}` must be >= 1, got {value}.")
+        _require(
+            self.reduction_factor >= 2,
+            f"`reduction_factor` must be >= 2, got {self.reduction_factor}.",
+        )
+        _require(
+            bool(self.search_name) and "/" not in self.search_name,
+            f"`search_name` must be a folder name, got {self.search_name!r}.",
+        )

@@ -298,6 +298,40 @@ def _training_sequences(config: PipelineConfig, paths: RunPaths) -> list[np.ndar
     return np.split(rows, starts[1:]) if len(rows) else []
 
 
+def training_inputs(
+    config: PipelineConfig, paths: RunPaths
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
+    """What the train stage fits on: the embedding table [vocab_size, dim],
+    the training rating counts [vocab_size], the `train` and `validation`
+    example datasets without cold-start targets, and the vocabulary rows that
+    may serve as catalogue negatives (the warm movies). A Tune trial reads
+    the same."""
+    from recray.data.cold_start import without_cold_targets
+    from recray.data.histories import read_examples
+
+    cold = _cold_start(config, paths)
+    datasets = {
+        split: read_examples(_require(paths.examples / split, "histories"))
+        for split in ("train", "validation")
+    }
+    if cold.num_cold:
+        datasets = {
+            split: dataset.map_batches(
+                without_cold_targets,
+                fn_kwargs={"is_cold": cold.is_cold},
+                batch_format="numpy",
+            )
+            for split, dataset in datasets.items()
+        }
+    negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
+    return (
+        _embedding_table(paths),
+        _training_rating_counts(config, paths),
+        datasets,
+        negative_rows,
+    )
+
+
 def _fit_and_export(
     config: PipelineConfig,
     model_config,
@@ -354,26 +388,7 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     """Fit the towers on Ray Train; export the query model and candidate
     embeddings. With `id_baseline`, the ID two-tower is trained the same way
     into `id_two_tower/`. Cold-start movies are kept out of both."""
-    from recray.data.cold_start import without_cold_targets
-    from recray.data.histories import read_examples
-
-    movie_vectors = _embedding_table(paths)
-    counts = _training_rating_counts(config, paths)
-    cold = _cold_start(config, paths)
-    datasets = {
-        split: read_examples(_require(paths.examples / split, "histories"))
-        for split in ("train", "validation")
-    }
-    if cold.num_cold:
-        datasets = {
-            split: dataset.map_batches(
-                without_cold_targets,
-                fn_kwargs={"is_cold": cold.is_cold},
-                batch_format="numpy",
-            )
-            for split, dataset in datasets.items()
-        }
-    negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
+    movie_vectors, counts, datasets, negative_rows = training_inputs(config, paths)
 
     epochs = _fit_and_export(
         config,
@@ -607,12 +622,45 @@ def run(config: PipelineConfig, stages: Sequence[str] = STAGES) -> RunPaths:
         from recray.cluster import init_ray
 
         init_ray()
-    for stage in stages:
-        started = time.perf_counter()
-        logger.info("Stage %s ...", stage)
-        STAGE_FUNCTIONS[stage](config, paths)
-        logger.info("Stage %s done in %.1f s", stage, time.perf_counter() - started)
-        if stage == "embed" and config.embedding.dry_run:
-            logger.info("Dry run: stopping after the embed plan")
-            break
+    tracker = start_tracking(config, paths)
+    try:
+        for stage in stages:
+            started = time.perf_counter()
+            logger.info("Stage %s ...", stage)
+            STAGE_FUNCTIONS[stage](config, paths)
+            logger.info("Stage %s done in %.1f s", stage, time.perf_counter() - started)
+            track_stage(tracker, stage, paths)
+            if stage == "embed" and config.embedding.dry_run:
+                logger.info("Dry run: stopping after the embed plan")
+                break
+    finally:
+        if tracker is not None:
+            tracker.close()
     return paths
+
+
+def start_tracking(config: PipelineConfig, paths: RunPaths):
+    """A ClearML tracker of the run with its config logged, or None when off."""
+    from recray import tracking
+    from recray.config import to_dict
+
+    tracker = tracking.start(config.tracking, config.name, paths.root)
+    if tracker is not None:
+        tracker.log_config(to_dict(config))
+        tracker.log_artifact("config", paths.config)
+    return tracker
+
+
+def track_stage(tracker, stage: str, paths: RunPaths) -> None:
+    """Log what a finished stage wrote: the data report after `ingest`, the
+    per-epoch metrics after `train`, the metrics table after `evaluate`."""
+    if tracker is None:
+        return
+    if stage == "train" and paths.training.is_file():
+        tracker.log_epochs(json.loads(paths.training.read_text()))
+        tracker.log_artifact("training", paths.training)
+    if stage == "evaluate" and paths.metrics.is_file():
+        tracker.log_table("validation metrics", load_metrics(paths))
+        tracker.log_artifact("metrics", paths.metrics)
+    if stage == "ingest" and paths.data_report.is_file():
+        tracker.log_artifact("data_report", paths.data_report)

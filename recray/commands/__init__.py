@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("recray.commands.recommend", "movies for a typed history"),
     "similar": ("recray.commands.similar", "closest movies by text embedding"),
     "add-movies": ("recray.commands.add_movies", "add new movies to a run's index"),
+    "tune": ("recray.commands.tune", "Ray Tune search over the towers (ASHA)"),
 }
 
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "resumed_from_epoch": first_epoch,
             "gpus_per_worker": gpus,
         }
+        epoch_metrics = loop_config.get("epoch_metrics")
+        if epoch_metrics is not None and context.get_world_rank() == 0:
+            metrics.update(epoch_metrics(model))
 
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
@@ -290,6 +294,10 @@ def train(
     seed: int = 0,
     negative_rows: np.ndarray | None = None,
     crash_once: CrashOnce | None = None,
+    *,
+    callbacks: list | None = None,
+    epoch_metrics: Callable[[Any], dict[str, float]] | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
     """Fit the towers on a Ray cluster and return the last checkpoint.
 
@@ -307,6 +315,12 @@ def train(
         negative_rows: Vocabulary rows of the catalogue softmax (all movies
             when unset; the cold-start split leaves its movies out).
         crash_once: Kill one worker once mid-training (fault drills).
+        callbacks: Ray Train `UserCallback`s, e.g. Tune's
+            `TuneReportCallback` when a Tune trial runs this.
+        epoch_metrics: Called on world rank 0 with the model after every
+            epoch; the metrics it returns join that epoch's report.
+        resume: Keep `storage_dir` and continue from its last checkpoint
+            (a restored Tune trial) instead of starting afresh.
 
     Raises:
         ValueError: Too few examples for the workers and batch size.
@@ -324,7 +338,8 @@ def train(
     # Ray Train resumes a run it finds under its storage path; a new call must
     # not pick up the checkpoints of an earlier, other config. They go only
     # once this run is known to be able to start.
-    shutil.rmtree(storage_dir, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(storage_dir, ignore_errors=True)
     loop_config = {
         "model": to_dict(model_config),
         "train": to_dict(train_config),
@@ -335,6 +350,7 @@ def train(
         "seed": seed,
         "negative_rows": negative_rows,
         "crash_once": crash_once,
+        "epoch_metrics": epoch_metrics,
     }
     trainer = TensorflowTrainer(
         train_loop_per_worker,
@@ -349,6 +365,7 @@ def train(
             storage_path=str(storage_dir.resolve().parent),
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )
