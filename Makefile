@@ -55,7 +55,8 @@ JOBS_URL := http://127.0.0.1:$(DASHBOARD_PORT)
 SUBMIT_EXCLUDES := [".git", ".venv", "runs", ".cache", ".pytest_cache", ".ruff_cache"]
 
 .PHONY: help venv run test test-fast ray-up-local ray-down-local submit lint \
-	bench clean bench-data infinity-venv bench-embed bench-quality bench-train tune
+	bench clean bench-data infinity-venv bench-embed bench-quality bench-train \
+	bench-serve tune
 
 help:
 	@echo "make venv            create .venv and install requirements.txt and recray"
@@ -67,12 +68,13 @@ help:
 	echo "make submit ARGS=... ray job submit jobs/pipeline.py to that head"
 	echo "make ray-down-local  stop that head (and only that head)"
 	echo "make lint            ruff check and ruff format --check"
-	echo "make bench           run benchmarks/*.py"
+	echo "make bench           every benchmark below, one after the other"
 	echo "make bench-data      histories prep, Ray Data vs pyarrow, synthetic ml-25m"
 	echo "make bench-embed     embedding throughput and rate limits -> benchmarks/results/embed.json"
-	echo "make infinity-venv   create .venv-infinity (the tests' embedding server)"
 	echo "make bench-quality   model vs popularity, EASE, ID two-tower -> benchmarks/results/quality.json"
 	echo "make bench-train     Ray Train 1 and 2 workers vs plain fit -> benchmarks/results/train.json"
+	echo "make bench-serve     recommendation latency over 62,423 movies vs numpy -> benchmarks/results/serve.json"
+	echo "make infinity-venv   create .venv-infinity (the tests' embedding server)"
 	echo "make clean           remove caches and build leftovers"
 
 venv: $(STAMP)
@@ -199,17 +201,8 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: venv
-	@shopt -s nullglob
-	scripts=(benchmarks/*.py)
-	if (( $${#scripts[@]} == 0 )); then
-		echo "No benchmarks yet: benchmarks/*.py does not exist."
-		exit 0
-	fi
-	for script in "$${scripts[@]}"; do
-		echo "== $$script"
-		$(BIN)/python "$$script" $(BENCH_ARGS)
-	done
+# One after the other: on a few cores, concurrent benchmarks skew each other.
+bench: bench-data bench-embed bench-quality bench-train bench-serve
 
 # Histories prep on SYNTHETIC ml-25m: Ray Data vs a one-process pyarrow
 # reference -> benchmarks/results/data.json. BENCH_ARGS="--scale 0.05" for a
@@ -235,6 +228,5 @@ clean:
 
 # Latency of one recommendation over ml-25m's 62,423 movies on CPU, against
 # numpy's matrix product and argpartition in the same run.
-.PHONY: bench-serve
 bench-serve: venv
 	$(BIN)/python benchmarks/bench_serve.py $(BENCH_ARGS)

@@ -195,6 +195,13 @@ class Tracker:
         # which takes ~10 s to drain on close and forks inside Ray workers;
         # a thread does the same here. No public switch exists.
         Task._report_subprocess_enabled = False
+        # Task.init records "pid:task id" here for forked children. A Ray
+        # worker inherits the driver's value through the raylet's
+        # environment; ClearML would then take this process for a child of
+        # the driver's task and hand back a stub task that logs nothing.
+        for inherited in ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID"):
+            if not os.environ.get(inherited, "").startswith(f"{os.getpid()}:"):
+                os.environ.pop(inherited, None)
         self.task = Task.init(
             project_name=project,
             task_name=task_name,

@@ -49,9 +49,10 @@ FIELDS = (
     "tagline",
     "overview",
     "keywords",
+    "cast",
     "tags",
 )
-_LIST_FIELDS = ("genres", "keywords", "tags")
+_LIST_FIELDS = ("genres", "keywords", "cast", "tags")
 _TEXT_FIELDS = ("tagline", "overview")
 _YEARS = (1870, 2100)
 
@@ -67,6 +68,7 @@ class NewMovie:
     tagline: str | None
     overview: str | None
     keywords: list[str]
+    cast: list[str]
     tags: list[str]
 
     @property
@@ -244,6 +246,7 @@ def movie_texts(movies: list[NewMovie], movie_ids: list[int], top_tags: int):
             "tagline": [m.tagline for m in movies],
             "genres": [[] for _ in movies],
             "keywords": [m.keywords for m in movies],
+            "cast": [m.cast for m in movies],
         },
         schema=TMDB_SCHEMA,
     )

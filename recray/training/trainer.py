@@ -83,9 +83,13 @@ def _optimizer_variables(model) -> list:
     return list(variables() if callable(variables) else variables)
 
 
-def save_weights(model, directory: Path, epoch: int) -> None:
+def save_weights(
+    model, directory: Path, epoch: int, metrics: dict[str, Any] | None = None
+) -> None:
     """Write a model's trainable weights, its optimizer's state (Adam's
-    moments and step, once it has any) and the finished epoch count."""
+    moments and step, once it has any), the finished epoch count and that
+    epoch's metrics (which outlive Tune's own result files, see
+    `checkpointed_epochs`)."""
     arrays = {f"w{index}": w.numpy() for index, w in enumerate(model.trainable_weights)}
     np.savez(directory / WEIGHTS_FILE, **arrays)
     slots = _optimizer_variables(model)
@@ -94,7 +98,22 @@ def save_weights(model, directory: Path, epoch: int) -> None:
             directory / OPTIMIZER_FILE,
             **{f"v{index}": v.numpy() for index, v in enumerate(slots)},
         )
-    (directory / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+    state = {"epoch": epoch, "metrics": metrics or {}}
+    (directory / STATE_FILE).write_text(json.dumps(state))
+
+
+def checkpointed_epochs(storage_dir: Path) -> list[dict[str, Any]]:
+    """Per epoch, the metrics saved with its checkpoint under `storage_dir`.
+
+    A run resumed after a crash may hold two checkpoints of one epoch (one
+    written just before the crash, never registered); the later one wins.
+    Checkpoint folders are named by their time, so name order is time order.
+    """
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for state_file in sorted(Path(storage_dir).glob(f"checkpoint_*/{STATE_FILE}")):
+        state = json.loads(state_file.read_text())
+        by_epoch[state["epoch"]] = {"epoch": state["epoch"], **state.get("metrics", {})}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def _load_optimizer(model, directory: Path) -> bool:
@@ -251,7 +270,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
-                save_weights(model, Path(directory), epoch + 1)
+                save_weights(model, Path(directory), epoch + 1, metrics)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint)
 

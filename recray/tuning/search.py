@@ -44,10 +44,12 @@ from recray.config import (
 )
 from recray.tuning.report import TrialSummary, rank_trials, write_report
 from recray.tuning.space import PARAMETERS, apply_parameters, search_space
-from recray.tuning.trial import run_trial, trial_dirname
+from recray.tuning.trial import TRAIN_DIR, run_trial, trial_dirname
 from recray.tuning.validation import sample_validation
 
 logger = logging.getLogger(__name__)
+
+TRAINING_FILE = "training.json"  # per trial: every epoch's metrics
 
 METRIC = "val_hr@100"
 PREPARE_STAGES = ("ingest", "embed", "histories")
@@ -134,24 +136,37 @@ def trial_concurrency(settings: TuneConfig, train: TrainConfig) -> int:
     return min(fits, settings.max_concurrent)
 
 
+def _history_keys(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: _plain(value)
+        for key, value in row.items()
+        if key == "epoch" or key.startswith(("loss", "val_"))
+    }
+
+
 def _summaries(grid: tune.ResultGrid) -> list[TrialSummary]:
+    from recray.training.trainer import checkpointed_epochs
+
     summaries = []
     for result in grid:
         frame = result.metrics_dataframe
-        history: list[dict[str, Any]] = []
-        if frame is not None and "epoch" in frame:
+        # Tune starts a restored trial's result files afresh, so after a
+        # resume they hold only the epochs since; the trial's checkpoints
+        # keep every epoch's metrics.
+        epochs = checkpointed_epochs(Path(result.path) / TRAIN_DIR)
+        if epochs:
+            (Path(result.path) / TRAINING_FILE).write_text(
+                json.dumps(epochs, indent=2) + "\n"
+            )
+        history = [_history_keys(row) for row in epochs]
+        if not history and frame is not None and "epoch" in frame:
             # A resumed trial may report an epoch twice; keep the later one.
             frame = frame.dropna(subset=["epoch"]).drop_duplicates(
                 subset="epoch", keep="last"
             )
-            keep = [
-                c
-                for c in frame.columns
-                if c == "epoch" or c.startswith(("loss", "val_"))
-            ]
             history = [
-                {key: _plain(value) for key, value in row.items()}
-                for row in frame.sort_values("epoch")[keep].to_dict("records")
+                _history_keys(row)
+                for row in frame.sort_values("epoch").to_dict("records")
             ]
         summaries.append(
             TrialSummary(
@@ -207,7 +222,7 @@ def _track_trial(
     if summary.history:
         final = {k: v for k, v in summary.history[-1].items() if k != "epoch"}
         tracker.log_table("final metrics", {"model": final})
-    training = Path(trial_dir) / "training.json"
+    training = Path(trial_dir) / TRAINING_FILE
     if training.is_file():
         tracker.log_artifact("training", training)
     task_id = tracker.task_id

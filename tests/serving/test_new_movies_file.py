@@ -58,6 +58,7 @@ def test_texts_are_written_as_the_ingest_stage_writes_them(tmp_path):
                     "tagline": "Why are they here",
                     "overview": "A linguist meets aliens.",
                     "keywords": ["language"],
+                    "cast": ["Amy Adams", "Jeremy Renner"],
                 },
             ]
         )
@@ -72,7 +73,8 @@ def test_texts_are_written_as_the_ingest_stage_writes_them(tmp_path):
     }
     assert texts[1]["text"] == (
         "Arrival (2016). Genres: Drama, Sci-Fi. Tagline: Why are they here. "
-        "Overview: A linguist meets aliens. Keywords: language."
+        "Overview: A linguist meets aliens. Starring: Amy Adams, Jeremy Renner. "
+        "Keywords: language."
     )
 
 

@@ -40,9 +40,18 @@ def run_dir(ray_cluster, tiny_movielens, tmdb_5000, tmp_path_factory) -> Path:
         embedding=EmbeddingConfig(cache_dir=root / "cache"),
         # Towers of the default width, and epochs enough for a history of
         # Spider-Man films to point at Spider-Man 3 (rank 2 of 428 when
-        # measured; 3 epochs of 8-dim towers left it at rank 90).
+        # measured; 3 epochs of 8-dim towers left it at rank 90). The added
+        # movie is this run's cold-start movie: no split by year, and no ID
+        # baseline, which serving never reads.
         model=ModelConfig(num_heads=2, key_dim=8),
-        train=TrainConfig(num_workers=1, batch_size=16, epochs=10, learning_rate=3e-3),
+        train=TrainConfig(
+            num_workers=1,
+            batch_size=16,
+            epochs=10,
+            learning_rate=3e-3,
+            cold_start_fraction=0.0,
+            id_baseline=False,
+        ),
     )
     paths = pipeline.run(config, stages=pipeline.STAGES[:4])
     return paths.root

@@ -14,6 +14,7 @@ from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
 from recray.training.trainer import (
     CrashOnce,
     check_enough_examples,
+    checkpointed_epochs,
     load_weights,
     save_weights,
     train,
@@ -41,6 +42,26 @@ def test_weights_round_trip_with_the_epoch(tmp_path: Path):
         trained.trainable_weights, fresh.trainable_weights, strict=True
     ):
         np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
+
+
+def test_checkpoints_keep_each_epochs_metrics_and_the_later_of_two_wins(
+    tmp_path: Path,
+):
+    model = _model(1, ModelConfig(key_dim=4, dense_units=8, output_dim=4))
+    # Epoch 2 twice: once before a crash (never registered), once resumed.
+    for name, epoch, loss in [
+        ("checkpoint_2026-01-01_00-00-01", 1, 3.0),
+        ("checkpoint_2026-01-01_00-00-02", 2, 2.0),
+        ("checkpoint_2026-01-01_00-05-00", 2, 1.5),
+    ]:
+        (tmp_path / name).mkdir()
+        save_weights(model, tmp_path / name, epoch, {"loss": loss})
+
+    assert checkpointed_epochs(tmp_path) == [
+        {"epoch": 1, "loss": 3.0},
+        {"epoch": 2, "loss": 1.5},
+    ]
+    assert checkpointed_epochs(tmp_path / "nothing-here") == []
 
 
 def test_weights_of_another_shape_are_refused(tmp_path: Path):
