@@ -82,6 +82,8 @@ def main() -> None:
         str(REPO / "runs"),
         "--cache-dir",
         str(REPO / ".cache" / "embeddings"),
+        "--id-baseline",
+        "True",
         *extra,
     ]
     subprocess.run(command, check=True, cwd=REPO)

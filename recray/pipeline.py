@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -308,6 +309,7 @@ def training_inputs(
     the same."""
     from recray.data.cold_start import without_cold_targets
     from recray.data.histories import read_examples
+    from recray.schema import TARGET_ID
 
     cold = _cold_start(config, paths)
     datasets = {
@@ -315,6 +317,16 @@ def training_inputs(
         for split in ("train", "validation")
     }
     if cold.num_cold:
+        for split in datasets:
+            targets = pq.read_table(paths.examples / split, columns=[TARGET_ID])
+            dropped = int(cold.is_cold[targets[TARGET_ID].to_numpy()].sum())
+            logger.info(
+                "Cold-start split: %d of %d %s examples have a cold target and "
+                "are left out of training (the evaluate stage scores them apart)",
+                dropped,
+                targets.num_rows,
+                split,
+            )
         datasets = {
             split: dataset.map_batches(
                 without_cold_targets,
@@ -389,6 +401,22 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     embeddings. With `id_baseline`, the ID two-tower is trained the same way
     into `id_two_tower/`. Cold-start movies are kept out of both."""
     movie_vectors, counts, datasets, negative_rows = training_inputs(config, paths)
+    # Serving feeds the run's text vectors to the exported towers, which is
+    # only what they were trained on with frozen text features.
+    servable = (
+        config.model.movie_features == "text" and not config.model.trainable_embeddings
+    )
+    if not servable:
+        from recray.serving.catalogue import ServingPaths
+
+        logger.warning(
+            "No candidate model or index for `recommend`: serving needs "
+            "`--movie-features text` with frozen text embeddings."
+        )
+        # An earlier run of this name may have left some, for other towers.
+        serving = ServingPaths(paths.root)
+        for folder in (serving.candidate_model, serving.index):
+            shutil.rmtree(folder, ignore_errors=True)
 
     epochs = _fit_and_export(
         config,
@@ -399,7 +427,7 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
         negative_rows,
         paths.root,
         config.train.epochs,
-        serving=True,
+        serving=servable,
     )
     _write_json(paths.training, epochs)
     texts = pq.read_table(paths.movie_texts, columns=["movie_id", "title"])
@@ -493,7 +521,8 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
             "Fitted EASE (l2=%g) in %.1f s", ease.l2, time.perf_counter() - started
         )
         scorers["ease"] = lambda rows: ease.scores(excluded[rows])
-    if (paths.id_two_tower / "query_model").is_dir():
+    # The setting, not the folder: an earlier run of this name may have left one.
+    if config.train.id_baseline and (paths.id_two_tower / "query_model").is_dir():
         id_history = mask_cold_history(examples, cold.is_cold)
         scorers["id_two_tower"] = two_tower(paths.id_two_tower, id_history, True)
 
@@ -556,7 +585,13 @@ STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, RunPaths], Any]] = {
 # that made the files it reads, or its results would silently mix two configs.
 STAGE_SETTINGS = {
     "ingest": ("data.data_dir", "data.tmdb_path", "data.top_tags"),
-    "embed": ("embedding",),
+    # What decides the vectors; limits, retries, cache folder and dry runs
+    # do not.
+    "embed": (
+        "embedding.provider",
+        "embedding.embedding_model",
+        "embedding.dimensions",
+    ),
     "histories": (
         "data.max_history",
         "data.validation_fraction",

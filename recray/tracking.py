@@ -35,7 +35,10 @@ from recray.config import TrackingConfig
 logger = logging.getLogger(__name__)
 
 REDACTED = "***"
-_SECRET_NAME = re.compile(r"key|secret|token|password|passwd|credential", re.I)
+# Whole words of a name, so that `tokens_per_minute` and `key_dim` stay
+# readable while `OPENAI_API_KEY`, `api_key_file` and `auth_token` are masked.
+_SECRET_WORDS = {"secret", "token", "password", "passwd", "credential", "apikey"}
+_SECRET_SUFFIXES = {"key", "credentials"}
 # Shorter values would mask ordinary words and numbers.
 _MIN_SECRET_LENGTH = 6
 PING_TIMEOUT_S = 3.0
@@ -59,12 +62,26 @@ _FRAMEWORKS = (
 )
 
 
+def _is_secret_name(name: str) -> bool:
+    """Whether a variable or setting of this name may hold a credential."""
+    words = [word for word in re.split(r"[^a-z0-9]+", name.lower()) if word]
+    if _SECRET_WORDS.intersection(words):
+        return True
+    # `key` names a credential as the last word (`access_key`) or before
+    # `file`/`path` (`api_key_file`), never as in `key_dim`.
+    return any(
+        word in _SECRET_SUFFIXES
+        and (index == len(words) - 1 or words[index + 1] in ("file", "path"))
+        for index, word in enumerate(words)
+    )
+
+
 def _secret_values() -> list[str]:
     """Values of environment variables whose names look like credentials."""
     values = {
         value
         for name, value in os.environ.items()
-        if _SECRET_NAME.search(name) and len(value) >= _MIN_SECRET_LENGTH
+        if _is_secret_name(name) and len(value) >= _MIN_SECRET_LENGTH
     }
     return sorted(values, key=len, reverse=True)
 
@@ -84,7 +101,7 @@ def redact(values: Any, secrets: Iterable[str] | None = None) -> Any:
     secrets = list(_secret_values() if secrets is None else secrets)
 
     def clean(value: Any, key: str = "") -> Any:
-        if key and _SECRET_NAME.search(key) and value not in (None, "", False):
+        if key and _is_secret_name(key) and value not in (None, "", False):
             return REDACTED
         if isinstance(value, Mapping):
             return {name: clean(item, str(name)) for name, item in value.items()}
@@ -297,7 +314,13 @@ def start(
     A failure to start ClearML (a broken `clearml.conf`, say) is logged and
     the run goes on untracked: tracking must never stop a training run.
     """
-    mode = resolve_mode(config.clearml)
+    try:
+        mode = resolve_mode(config.clearml)
+    except ValueError:
+        raise  # a setting other than auto, offline or off
+    except Exception:  # noqa: BLE001 - e.g. an unreadable clearml.conf
+        logger.exception("ClearML settings unreadable; the run goes on untracked.")
+        return None
     if mode == "off":
         return None
     try:

@@ -35,7 +35,7 @@ def tiny_run(ray_cluster, tiny_movielens, tmdb_5000, tmp_path_factory):
         data=DataConfig(data_dir=tiny_movielens, tmdb_path=tmdb_5000, max_history=5),
         embedding=EmbeddingConfig(cache_dir=root / "cache"),
         model=ModelConfig(num_heads=2, key_dim=8, dense_units=16, output_dim=8),
-        train=TrainConfig(num_workers=2, batch_size=16, epochs=2),
+        train=TrainConfig(num_workers=2, batch_size=16, epochs=2, id_baseline=True),
     )
     paths = pipeline.run(config)
     return config, paths

@@ -50,6 +50,12 @@ def test_redact_masks_credential_keys_and_secret_values():
         "items": [SECRET, 3],
         "learning_rate": 0.001,
         "use_key_frames": False,
+        "key_dim": 32,
+        "tokens_per_minute": 200_000,
+        "max_tokens_per_request": 300_000,
+        "api_key_file": "/home/me/.openai-key",
+        "CLEARML_API_SECRET_KEY": "s3cr3t-value",
+        "auth_token": "t0ken-value",
     }
     cleaned = tracking.redact(values, secrets=[SECRET])
     assert cleaned == {
@@ -58,6 +64,12 @@ def test_redact_masks_credential_keys_and_secret_values():
         "items": ["***", 3],
         "learning_rate": 0.001,
         "use_key_frames": False,
+        "key_dim": 32,
+        "tokens_per_minute": 200_000,
+        "max_tokens_per_request": 300_000,
+        "api_key_file": "***",
+        "CLEARML_API_SECRET_KEY": "***",
+        "auth_token": "***",
     }
 
 

@@ -16,8 +16,8 @@ dropout, pooling, learning rate, trainable embeddings) with ASHA on validation
 HR@100, on the run folder runs/<name> (prepared first if needed).
 
 Search flags are listed here; every flag of `recray run` (--name,
---data-dir, --epochs, --batch-size, --cpus-per-worker, --use-gpu,
---clearml, --config FILE, ...) is accepted too. --resume finishes an
+--data-dir, --epochs, --batch-size, --cpus-per-worker, --use-gpu True,
+--gpu-workers N, --clearml, --config FILE, ...) is accepted too. --resume finishes an
 interrupted search of the same --name and --search-name."""
 
 

@@ -223,7 +223,7 @@ def read_api_key(api_key_file: Path | None) -> Secret:
     if not key:
         raise ValueError(
             f"The `openai` provider needs an API key: set `{API_KEY_ENV}` or "
-            "`api_key_file` (a file holding only the key). Use `--dry-run` to "
+            "`api_key_file` (a file holding only the key). Use `--dry-run True` to "
             "estimate a run without one."
         )
     return Secret(key)

@@ -1,10 +1,11 @@
 """Adding new movies to a trained run, without retraining.
 
-Both towers read a movie only through its frozen text embedding, so a new
-movie needs nothing but its text: it is written the way the ingest stage
-writes every movie's text (`recray.data.build_movie_texts`), embedded with
-the run's embedder, appended to the run's catalogue of text vectors, and its
-candidate embedding, from the exported candidate model, goes into the index.
+The towers of a servable run (frozen `text` movie features) read a movie
+only through its text embedding, so a new movie needs nothing but its text:
+it is written the way the ingest stage writes every movie's text
+(`recray.data.build_movie_texts`), embedded with the run's embedder,
+appended to the run's catalogue of text vectors, and its candidate
+embedding, from the exported candidate model, goes into the index.
 
 Input: a CSV file (a header row, list fields as `a|b`, as MovieLens writes
 genres), a JSON file holding a list of objects, or JSON lines. Fields:
@@ -13,7 +14,7 @@ genres), a JSON file holding a list of objects, or JSON lines. Fields:
     year      optional, four digits (or in the title's brackets)
     genres    optional list, e.g. "Drama|Sci-Fi"
     tagline, overview   optional text
-    keywords, tags      optional lists
+    keywords, cast, tags  optional lists (cast: leading actors, billing order)
     movie_id  optional; new ids count on from the largest id of the run
 """
 

@@ -113,9 +113,10 @@ class Recommender:
                 f"got {len(rows)} movies and {len(ratings)} ratings."
             )
         seen = {int(self.catalogue.movie_ids[row]) for row in rows}
-        # The latest `max_history` movies, as the training examples keep.
-        rows, ratings = rows[-self.max_history :], ratings[-self.max_history :]
+        # Centred on the mean of the whole history, as the training examples
+        # are (on all earlier ratings), then the latest `max_history` movies.
         centred = ratings - ratings.mean()
+        rows, centred = rows[-self.max_history :], centred[-self.max_history :]
         query = self.query_model.from_vectors(
             self.catalogue.vectors[rows][np.newaxis],  # [1, n, dim]
             np.ones((1, len(rows)), bool),

@@ -275,6 +275,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _workers_flag(config: TrainConfig) -> str:
+    return "--gpu-workers" if config.gpu_workers else "--num-workers"
+
+
 def check_enough_examples(
     num_examples: int, config: TrainConfig, num_validation: int | None = None
 ) -> None:
@@ -291,14 +295,15 @@ def check_enough_examples(
         raise ValueError(
             f"{num_examples} training examples cannot fill one batch of "
             f"{config.batch_size} on each of {config.workers} workers "
-            f"({needed} needed). Lower `--batch-size` or `--num-workers`, or "
-            "use more data."
+            f"({needed} needed). Lower `--batch-size` or "
+            f"`{_workers_flag(config)}`, or use more data."
         )
     if num_validation is not None and num_validation < config.workers:
         raise ValueError(
             f"{num_validation} validation examples cannot give each of "
-            f"{config.workers} workers one. Raise `--validation-fraction`, "
-            "lower `--num-workers`, or use more data."
+            f"{config.workers} workers one. Hold out more users "
+            "(`--validation-fraction` or `--validation-users`), lower "
+            f"`{_workers_flag(config)}`, or use more data."
         )
 
 

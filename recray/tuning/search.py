@@ -43,7 +43,7 @@ from recray.config import (
     to_dict,
 )
 from recray.tuning.report import TrialSummary, rank_trials, write_report
-from recray.tuning.space import PARAMETERS, apply_parameters, search_space
+from recray.tuning.space import PARAMETERS, apply_parameters, plain, search_space
 from recray.tuning.trial import TRAIN_DIR, run_trial, trial_dirname
 from recray.tuning.validation import sample_validation
 
@@ -117,12 +117,12 @@ def trial_concurrency(settings: TuneConfig, train: TrainConfig) -> int:
     resources = ray.cluster_resources()
     cpus = _trial_cpus(settings, train)
     fits = int(resources.get("CPU", 0) // cpus)
-    if train.use_gpu:
+    if train.on_gpu:
         fits = min(fits, int(resources.get("GPU", 0) // settings.workers_per_trial))
     if fits < 1:
         raise ValueError(
             f"A trial needs {settings.workers_per_trial} workers with "
-            f"{train.cpus_per_worker} CPUs{' and 1 GPU' if train.use_gpu else ''} "
+            f"{train.cpus_per_worker} CPUs{' and 1 GPU' if train.on_gpu else ''} "
             f"each; the cluster has {resources}. Lower `--workers-per-trial` "
             "or `--cpus-per-worker`."
         )
@@ -138,7 +138,7 @@ def trial_concurrency(settings: TuneConfig, train: TrainConfig) -> int:
 
 def _history_keys(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: _plain(value)
+        key: plain(value)
         for key, value in row.items()
         if key == "epoch" or key.startswith(("loss", "val_"))
     }
@@ -173,7 +173,7 @@ def _summaries(grid: tune.ResultGrid) -> list[TrialSummary]:
                 trial_id=Path(result.path).name,
                 status="ERROR" if result.error else "TERMINATED",
                 parameters={
-                    name: _plain(result.config[name])
+                    name: plain(result.config[name])
                     for name in PARAMETERS
                     if name in result.config
                 },
@@ -182,11 +182,6 @@ def _summaries(grid: tune.ResultGrid) -> list[TrialSummary]:
             )
         )
     return summaries
-
-
-def _plain(value: Any) -> Any:
-    """A numpy or pandas scalar as a plain Python value."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _trial_dirname(trial) -> str:
@@ -290,12 +285,20 @@ def run_search(
             "finish it, or choose another `--search-name`."
         )
 
-    prepare_run(config, paths)
+    # Before the stages: their `init_ray()` would start a cluster of every CPU.
     init_ray(num_cpus=local_cluster_cpus(settings, config.train))
+    prepare_run(config, paths)
     experiment_dir.mkdir(parents=True, exist_ok=True)
     base = dataclasses.replace(
         config,
-        train=dataclasses.replace(config.train, num_workers=settings.workers_per_trial),
+        # `--workers-per-trial` workers, on GPUs when `--gpu-workers` or
+        # `--use-gpu` asks for GPUs at all.
+        train=dataclasses.replace(
+            config.train,
+            num_workers=settings.workers_per_trial,
+            use_gpu=config.train.on_gpu,
+            gpu_workers=0,
+        ),
     )
     vocab_size = pipeline._vocabulary(paths).size
     sample = sample_validation(

@@ -53,7 +53,7 @@ def apply_parameters(
     for name, value in parameters.items():
         # Tune hands numpy scalars over; the YAML of the best config wants
         # plain Python values.
-        sections[PARAMETERS[name]][name] = _plain(value)
+        sections[PARAMETERS[name]][name] = plain(value)
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, **sections["model"]),
@@ -61,6 +61,6 @@ def apply_parameters(
     )
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """A numpy scalar as the Python value it holds; anything else unchanged."""
     return value.item() if hasattr(value, "item") else value

@@ -100,8 +100,9 @@ def sample_validation(
     total = len(examples[TARGET_ID])
     if total == 0:
         raise ValueError(
-            f"`{paths.examples / 'validation'}` holds no example; raise "
-            "`--validation-fraction` or use more data."
+            f"`{paths.examples / 'validation'}` holds no example; hold out more "
+            "users (`--validation-fraction` or `--validation-users`) or use "
+            "more data."
         )
     if size < total:
         rng = np.random.default_rng(seed)
