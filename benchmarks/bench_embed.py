@@ -15,7 +15,8 @@ local   The `sentence-transformers` provider through `embed_movie_texts` (Ray
         spread of lengths). Target: at least 0.9.
 openai  The `openai` provider against infinity-emb (`.venv-infinity`) behind
         `tests/embeddings/loopback.FaultProxy`, which enforces
-        `--rpm` requests and `--tpm` tokens per minute (1 s bursts) and
+        `--rpm` (600) requests and `--tpm` (60,000) tokens per minute (1 s
+        bursts) and
         answers 429 beyond them; recray's limiter is set to the same limits.
         Targets: achieved tokens per minute at least 90% of `--tpm`, no text
         lost or embedded twice, at most 1% of requests rejected.
@@ -190,12 +191,16 @@ def main() -> None:
         help="the local part embeds every n-th movie text (1: all 9,742)",
     )
     parser.add_argument("--rpm", type=int, default=600)
-    parser.add_argument("--tpm", type=int, default=200_000)
+    # The example limit is 200,000 tokens per minute, but infinity-emb
+    # sharing 2 cores with the client reached only 106,000-146,000 of them
+    # (by request size) with no limit in its way: a limit above what the
+    # server can serve measures the server, not the limiter.
+    parser.add_argument("--tpm", type=int, default=60_000)
     parser.add_argument(
         "--openai-tokens",
         type=int,
-        default=500_000,
-        help="tokens of movie texts the OpenAI part embeds (2.5 min at 200k TPM)",
+        default=150_000,
+        help="tokens of movie texts the OpenAI part embeds (2.5 min at 60k TPM)",
     )
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--skip-openai", action="store_true")

@@ -129,7 +129,7 @@ class EmbeddingConfig:
         requests_per_minute: The account's request limit, shared by all actors.
         tokens_per_minute: The account's token limit, shared by all actors.
         rate_limit_burst_seconds: How many seconds of the limits may go out at
-            once; also caps the tokens of one request.
+            once; half of it caps the tokens of one request.
         max_inputs_per_request: Texts per OpenAI request (the API allows 2,048).
         max_tokens_per_request: Tokens per OpenAI request (the API allows
             300,000).

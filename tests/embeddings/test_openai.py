@@ -146,7 +146,7 @@ def test_requests_respect_input_and_token_caps() -> None:
     for rows in requests:
         assert len(rows) <= 2048
         assert sum(counts[row] for row in rows) <= 3000 or len(rows) == 1
-    assert request_token_cap(300_000, 200_000, 1.0) == 3333
+    assert request_token_cap(300_000, 200_000, 1.0) == 1666
     assert request_token_cap(300_000, 60_000_000, 60.0) == 300_000
 
 
