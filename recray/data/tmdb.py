@@ -18,6 +18,7 @@ import ast
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -288,33 +289,6 @@ def _protagonists(cells: pa.ChunkedArray, file: str, report: DataReport) -> pa.A
     return pa.array(names, type=pa.list_(pa.string()))
 
 
-def _names_from_literal(
-    cells: pa.ChunkedArray, file: str, column: str, report: DataReport
-) -> pa.Array:
-    """Parse Python-literal (or JSON) lists of `{"id", "name"}` dicts into names."""
-    names: list[list[str]] = []
-    malformed = 0
-    example = None
-    for cell in cells.to_pylist():
-        text = (cell or "").strip()
-        if not text:
-            names.append([])
-            continue
-        try:
-            items = ast.literal_eval(text)
-            if not isinstance(items, list):
-                raise TypeError("not a list")
-            names.append([_name_of(item) for item in items])
-        except (ValueError, TypeError, KeyError, SyntaxError, MemoryError):
-            malformed += 1
-            example = example or text[:200]
-            names.append([])
-    report.drop(
-        file, f"malformed list in `{column}`, field emptied", malformed, example=example
-    )
-    return pa.array(names, type=pa.list_(pa.string()))
-
-
 def _count_drops(
     table: pa.Table, keep: np.ndarray, file: str, reason: str, report: DataReport
 ) -> None:
@@ -328,7 +302,27 @@ def _count_drops(
 def _names_from_json(
     cells: pa.ChunkedArray, file: str, column: str, report: DataReport
 ) -> pa.Array:
-    """Parse JSON lists of `{"id", "name"}` objects into lists of names.
+    """Parse JSON lists of `{"id", "name"}` objects into lists of names (TMDB 5000)."""
+    return _names(cells, file, column, report, json.loads, "JSON")
+
+
+def _names_from_literal(
+    cells: pa.ChunkedArray, file: str, column: str, report: DataReport
+) -> pa.Array:
+    """Parse Python-literal lists of `{"id", "name"}` dicts into names (The
+    Movies Dataset writes its lists with Python's `repr`)."""
+    return _names(cells, file, column, report, ast.literal_eval, "list")
+
+
+def _names(
+    cells: pa.ChunkedArray,
+    file: str,
+    column: str,
+    report: DataReport,
+    parse: Callable[[str], object],
+    kind: str,
+) -> pa.Array:
+    """Lists of names from cells that `parse` reads as lists of `{"name"}`s.
 
     A blank cell is an empty list. A cell that does not parse, or is not a
     list of objects with a string `name`, becomes an empty list and is counted.
@@ -336,25 +330,25 @@ def _names_from_json(
     names: list[list[str]] = []
     malformed = 0
     example = None
-    # One json.loads per cell: a few thousand cells, and JSON has no vectorised
-    # parser in pyarrow that accepts a column of documents.
+    # One parse per cell: a few thousand cells, and pyarrow has no vectorised
+    # parser that accepts a column of documents.
     for cell in cells.to_pylist():
         text = (cell or "").strip()
         if not text:
             names.append([])
             continue
         try:
-            items = json.loads(text)
+            items = parse(text)
             if not isinstance(items, list):
-                raise TypeError("not a JSON list")
+                raise TypeError("not a list")
             names.append([_name_of(item) for item in items])
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, SyntaxError, MemoryError):
             malformed += 1
             example = example or text[:200]
             names.append([])
     report.drop(
         file,
-        f"malformed JSON in `{column}`, field emptied",
+        f"malformed {kind} in `{column}`, field emptied",
         malformed,
         example=example,
     )
