@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recray.config import PipelineConfig, load_yaml
+from recray.pipeline import RunPaths
 from recray.serving.titles import TitleMatcher
 
 ADDED_SCHEMA = pa.schema(
@@ -43,26 +44,8 @@ ADDED_SCHEMA = pa.schema(
 
 
 @dataclass(frozen=True)
-class ServingPaths:
-    """The serving files of one run folder."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def movie_texts(self) -> Path:
-        return self.root / "movie_texts.parquet"
-
-    @property
-    def movie_embeddings(self) -> Path:
-        return self.root / "movie_embeddings.npz"
-
-    @property
-    def query_model(self) -> Path:
-        return self.root / "query_model"
+class ServingPaths(RunPaths):
+    """The serving files of one run folder, beside those the stages write."""
 
     @property
     def candidate_model(self) -> Path:
