@@ -2,11 +2,18 @@
 
 Trains the same towers on the same examples of ml-latest-small three ways in
 one run: plain Keras `fit` in this process (the reference), then Ray Train's
-TensorflowTrainer with 1 and with 2 CPU workers. Each is timed inside the
-training loop (`fit` only, the steady state) and around the whole call
+TensorflowTrainer with 1 and with 2 CPU workers, then plain `fit` again. Each
+is timed inside the training loop (`fit` only) and around the whole call
 (start-up, Ray Data, validation and checkpoints included). Writes
 benchmarks/results/train.json with examples per second and the ratios to the
 reference. The run folder (ingest, embed, histories) is made first if absent.
+
+Every run gets all of the machine's cores: plain `fit` and the 1-worker run
+use that many TensorFlow threads, the 2-worker run half each. With fewer
+threads than cores, a run's speed depends on how much of the idle cores the
+runtime's other threads borrow, which is not what is being compared. The
+reference runs before and after the Ray runs; their spread shows how much
+the machine itself drifted, and the ratios use their mean.
 
     .venv/bin/python benchmarks/bench_train.py [--epochs 2]
 """
@@ -100,7 +107,14 @@ def main() -> None:
         "runs": {},
     }
 
-    def record(name: str, epochs: list[dict], wall: float, workers: int) -> None:
+    def record(
+        name: str,
+        epochs: list[dict],
+        wall: float,
+        workers: int,
+        threads: int,
+        load_before: float,
+    ) -> None:
         steps = [e for e in epochs]
         fit_seconds = sum(e["train_seconds"] for e in steps)
         # Each worker fits its shard; drop_last keeps whole global batches.
@@ -108,6 +122,7 @@ def main() -> None:
         trained = (num_examples // global_batch) * global_batch * len(steps)
         results["runs"][name] = {
             "workers": workers,
+            "threads_per_worker": threads,
             "wall_seconds": round(wall, 1),
             "fit_seconds": round(fit_seconds, 1),
             "validation_seconds": round(
@@ -126,27 +141,34 @@ def main() -> None:
         }
         print(name, json.dumps(results["runs"][name]))
 
-    load_before = _load()
-    train_config = dataclasses.replace(config.train, num_workers=1)
-    started = time.perf_counter()
-    _, epochs = fit_in_process(
-        config.model,
-        train_config,
-        vectors,
-        counts,
-        examples,
-        config.data.max_history,
-        seed=config.data.split_seed,
-        negative_rows=negative_rows,
-    )
-    record("plain_fit", epochs, time.perf_counter() - started, 1)
+    cores = os.cpu_count() or 1
 
+    def plain_fit(name: str) -> None:
+        load_before = _load()
+        started = time.perf_counter()
+        _, epochs = fit_in_process(
+            config.model,
+            dataclasses.replace(config.train, num_workers=1, cpus_per_worker=cores),
+            vectors,
+            counts,
+            examples,
+            config.data.max_history,
+            seed=config.data.split_seed,
+            negative_rows=negative_rows,
+        )
+        record(name, epochs, time.perf_counter() - started, 1, cores, load_before)
+
+    plain_fit("plain_fit_before")
     for workers in (1, 2):
         load_before = _load()
         started = time.perf_counter()
         result = train(
             config.model,
-            dataclasses.replace(config.train, num_workers=workers),
+            dataclasses.replace(
+                config.train,
+                num_workers=workers,
+                cpus_per_worker=max(1, cores // workers),
+            ),
             vectors,
             counts,
             datasets,
@@ -160,9 +182,22 @@ def main() -> None:
             result.epochs,
             time.perf_counter() - started,
             workers,
+            max(1, cores // workers),
+            load_before,
         )
 
-    reference = results["runs"]["plain_fit"]
+    plain_fit("plain_fit_after")
+
+    references = [results["runs"][f"plain_fit_{when}"] for when in ("before", "after")]
+    reference = {
+        key: float(np.mean([run[key] for run in references]))
+        for key in ("examples_per_s_fit", "examples_per_s_wall")
+    }
+    results["plain_fit_spread"] = round(
+        abs(references[0]["examples_per_s_fit"] - references[1]["examples_per_s_fit"])
+        / reference["examples_per_s_fit"],
+        3,
+    )
     for name in ("ray_train_1", "ray_train_2"):
         run = results["runs"][name]
         results[f"{name}_vs_plain_fit"] = {
