@@ -28,6 +28,12 @@ RUNS_DIR ?= $(abspath runs)
 CACHE_DIR ?= $(abspath .cache/embeddings)
 # Extra flags for jobs/pipeline.py, e.g. ARGS="--name try1 --epochs 2".
 ARGS ?=
+# Training on this one machine: one Ray Train worker on all its cores, with
+# the global batch of the default two workers. Two 1-core workers on one
+# machine train at about half the speed (`make bench-train`); on a cluster,
+# `--num-workers N`. ARGS flags come later and win.
+CORES := $(shell nproc 2>/dev/null || echo 2)
+LOCAL_TRAIN ?= --num-workers 1 --cpus-per-worker $(CORES) --batch-size 512
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # A whole-suite limit, so a hung Ray cluster fails CI instead of stalling it.
@@ -87,7 +93,8 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 run: venv
-	$(BIN)/python jobs/pipeline.py --data-dir $(DATA_DIR) --tmdb-path $(TMDB) $(ARGS)
+	$(BIN)/python jobs/pipeline.py --data-dir $(DATA_DIR) --tmdb-path $(TMDB) \
+		$(LOCAL_TRAIN) $(ARGS)
 
 infinity-venv: $(INFINITY_STAMP)
 
@@ -216,7 +223,7 @@ bench-embed: venv infinity-venv
 
 # One run of the main job on ml-latest-small; also rewrites README's table.
 bench-quality: venv
-	$(BIN)/python benchmarks/bench_quality.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_quality.py $(LOCAL_TRAIN) $(BENCH_ARGS)
 
 bench-train: venv
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)

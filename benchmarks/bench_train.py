@@ -75,24 +75,11 @@ def main() -> None:
 
     import ray
 
-    from recray.data.cold_start import without_cold_targets
-    from recray.data.histories import read_examples
     from recray.training.trainer import fit_in_process, train
 
-    vectors = pipeline._embedding_table(paths)
-    counts = pipeline._training_rating_counts(config, paths)
-    cold = pipeline._cold_start(config, paths)
-    negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
-    datasets = {
-        split: read_examples(paths.examples / split)
-        .map_batches(
-            without_cold_targets,
-            fn_kwargs={"is_cold": cold.is_cold},
-            batch_format="numpy",
-        )
-        .materialize()
-        for split in ("train", "validation")
-    }
+    # What the train stage fits on, read once for all three runs.
+    vectors, counts, datasets, negative_rows = pipeline.training_inputs(config, paths)
+    datasets = {split: dataset.materialize() for split, dataset in datasets.items()}
     examples = datasets["train"].take_batch(
         datasets["train"].count(), batch_format="numpy"
     )

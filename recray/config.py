@@ -207,10 +207,13 @@ class ModelConfig:
         num_heads: Attention heads over the watch history.
         key_dim: Size of each attention head.
         use_attention: Self-attention over the history before pooling.
+        attention_residual: Add each movie's own vector to what attention
+            made of it (a transformer's residual), so pooling still reads
+            the movies themselves; off replaces them, as in the seed.
         use_ratings: Concatenate the centred rating to each movie vector.
         pooling: Masked `average` or `max` pooling over the history.
         dense_units: Width of the hidden Dense layer of both towers.
-        dropout: Dropout rate after the hidden Dense layer.
+        dropout: Dropout rate after the query tower's hidden Dense layer.
         output_dim: Size of query and candidate embeddings.
         negatives: `catalogue` scores every movie (a full softmax, exact while
             the catalogue fits in memory); `in_batch` uses the other targets
@@ -232,6 +235,7 @@ class ModelConfig:
     num_heads: int = 2
     key_dim: int = 32
     use_attention: bool = True
+    attention_residual: bool = True
     use_ratings: bool = True
     pooling: Literal["average", "max"] = "average"
     dense_units: int = 128
@@ -239,7 +243,7 @@ class ModelConfig:
     output_dim: int = 32
     negatives: Literal["catalogue", "in_batch"] = "catalogue"
     logq_correction: bool = True
-    temperature: float = 0.05
+    temperature: float = 0.1
     normalize_embeddings: bool = True
     movie_features: Literal["text", "text_id", "id"] = "text"
     trainable_embeddings: bool = False
@@ -294,8 +298,8 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: int = 1
     batch_size: int = 256
-    epochs: int = 3
-    learning_rate: float = 1e-3
+    epochs: int = 5
+    learning_rate: float = 2e-3
     gpu_workers: int = 0
     mixed_precision: bool = False
     cold_start_fraction: float = 0.05

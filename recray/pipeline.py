@@ -468,17 +468,19 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
     from recray.data.cold_start import mask_cold_history
     from recray.data.histories import rated_before, read_examples
     from recray.evaluation.baselines import choose_ease
-    from recray.evaluation.metrics import rank_in_chunks, ranking_metrics
+    from recray.evaluation.metrics import (
+        rank_in_chunks,
+        ranking_metrics,
+        seeded_sample,
+    )
     from recray.model.export import ExportedQueryModel
     from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
 
     dataset = read_examples(_require(paths.examples / "validation", "histories"))
     examples = dataset.take_batch(batch_size=dataset.count(), batch_format="numpy")
-    limit = config.eval.max_eval_examples
-    if limit is not None and limit < len(examples[TARGET_ID]):
-        rng = np.random.default_rng(config.data.split_seed)
-        chosen = np.sort(rng.choice(len(examples[TARGET_ID]), limit, replace=False))
-        examples = {name: column[chosen] for name, column in examples.items()}
+    examples = seeded_sample(
+        examples, config.eval.max_eval_examples, config.data.split_seed
+    )
     targets = examples[TARGET_ID].astype(np.int64)
     ratings = pq.read_table(paths.ratings)
     vocabulary = _vocabulary(paths)

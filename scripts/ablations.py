@@ -31,7 +31,7 @@ from recray import pipeline
 from recray.config import PipelineConfig, load_yaml
 from recray.data.cold_start import without_cold_targets
 from recray.data.histories import rated_before
-from recray.evaluation.metrics import rank_in_chunks, ranking_metrics
+from recray.evaluation.metrics import rank_in_chunks, ranking_metrics, seeded_sample
 from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
 
 
@@ -94,10 +94,7 @@ def main() -> None:
     cold = pipeline._cold_start(config, paths)
     train = without_cold_targets(read_split(paths.examples / "train"), cold.is_cold)
     validation = read_split(paths.examples / "validation")
-    rng = np.random.default_rng(config.data.split_seed)
-    if args.max_eval < len(validation[TARGET_ID]):
-        chosen = np.sort(rng.choice(len(validation[TARGET_ID]), args.max_eval, False))
-        validation = {name: column[chosen] for name, column in validation.items()}
+    validation = seeded_sample(validation, args.max_eval, config.data.split_seed)
 
     targets = validation[TARGET_ID].astype(np.int64)
     excluded = rated_before(
@@ -130,9 +127,42 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    history = validation
+    unseen = counts == 0
+    if model_config.movie_features == "id":
+        from recray.data.cold_start import mask_cold_history
+
+        history = mask_cold_history(validation, cold.is_cold)
+
+    def scored(model) -> dict:
+        """All, warm and cold-start metrics of the model as it is now."""
+        queries = model.query_model.predict(
+            {
+                HISTORY_IDS: history[HISTORY_IDS],
+                HISTORY_RATINGS: history[HISTORY_RATINGS],
+            },
+            batch_size=2048,
+            verbose=0,
+        )
+        candidates = model.candidate_model.predict(
+            np.arange(len(vectors), dtype=np.int32), batch_size=4096, verbose=0
+        )
+
+        def score(rows: slice) -> np.ndarray:
+            scores = queries[rows] @ candidates.T
+            if model_config.movie_features == "id":
+                scores[:, unseen] = -np.inf
+            return scores
+
+        ranks = rank_in_chunks(score, targets, excluded)
+        return {
+            "all": ranking_metrics(ranks, config.eval.ks),
+            "warm": ranking_metrics(ranks[~is_cold], config.eval.ks),
+            "cold": ranking_metrics(ranks[is_cold], config.eval.ks),
+        }
+
     negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
-    started = time.perf_counter()
-    model, epochs = fit_in_process(
+    _, epochs = fit_in_process(
         model_config,
         train_config,
         vectors,
@@ -141,40 +171,27 @@ def main() -> None:
         config.data.max_history,
         seed=config.data.split_seed,
         negative_rows=negative_rows,
+        epoch_metrics=scored,
     )
-    seconds = time.perf_counter() - started
-
-    history = validation
-    if model_config.movie_features == "id":
-        from recray.data.cold_start import mask_cold_history
-
-        history = mask_cold_history(validation, cold.is_cold)
-    queries = model.query_model.predict(
-        {HISTORY_IDS: history[HISTORY_IDS], HISTORY_RATINGS: history[HISTORY_RATINGS]},
-        batch_size=2048,
-        verbose=0,
-    )
-    candidates = model.candidate_model.predict(
-        np.arange(len(vectors), dtype=np.int32), batch_size=4096, verbose=0
-    )
-    unseen = counts == 0
-
-    def score(rows: slice) -> np.ndarray:
-        scores = queries[rows] @ candidates.T
-        if model_config.movie_features == "id":
-            scores[:, unseen] = -np.inf
-        return scores
-
-    ranks = rank_in_chunks(score, targets, excluded)
+    for epoch in epochs:
+        print(
+            f"epoch {epoch['epoch']}: loss {epoch['loss']:.4f}, HR@100 "
+            f"{epoch['all']['hr@100']:.4f} (warm {epoch['warm']['hr@100']:.4f}, "
+            f"cold {epoch['cold']['hr@100']:.4f})"
+        )
+    last = epochs[-1]
     result = {
         "label": args.label,
         "model": overrides(args.model),
         "train": {**overrides(args.train), "epochs": args.epochs},
-        "all": ranking_metrics(ranks, config.eval.ks),
-        "warm": ranking_metrics(ranks[~is_cold], config.eval.ks),
-        "cold": ranking_metrics(ranks[is_cold], config.eval.ks),
+        "examples": int(len(targets)),
+        "all": last["all"],
+        "warm": last["warm"],
+        "cold": last["cold"],
         "loss_by_epoch": [round(e["loss"], 4) for e in epochs],
-        "train_seconds": round(seconds, 1),
+        "hr@100_by_epoch": [round(e["all"]["hr@100"], 4) for e in epochs],
+        "cold_hr@100_by_epoch": [round(e["cold"]["hr@100"], 4) for e in epochs],
+        "train_seconds": round(sum(e["train_seconds"] for e in epochs), 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:

@@ -83,3 +83,23 @@ def rank_in_chunks(
         chunk = slice(start, min(start + chunk_size, len(targets)))
         ranks.append(target_ranks(score_chunk(chunk), targets[chunk], excluded[chunk]))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+
+def seeded_sample(
+    examples: dict[str, np.ndarray], size: int | None, seed: int
+) -> dict[str, np.ndarray]:
+    """At most `size` of the examples, chosen with `seed`, in their order.
+
+    The evaluate stage, Tune's per-epoch validation and the ablations all
+    sample this way, so with one seed and size they score the same examples.
+
+    Args:
+        examples: Columns of equal length.
+        size: Examples to keep; all of them when unset or not fewer.
+        seed: Seeds the choice.
+    """
+    total = len(next(iter(examples.values()))) if examples else 0
+    if size is None or size >= total:
+        return examples
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
+    return {name: column[chosen] for name, column in examples.items()}

@@ -168,9 +168,12 @@ class QueryModel(tf.keras.Model):
             # A position attends to valid positions only, so padding never
             # leaks into a real movie's attended vector.
             pair_mask = tf.logical_and(mask[:, :, tf.newaxis], mask[:, tf.newaxis, :])
-            sequence = self.attention(
+            attended = self.attention(
                 sequence, sequence, attention_mask=pair_mask, training=training
             )  # [batch, max_history, dim (+1)]
+            if self.config.attention_residual:
+                attended = sequence + attended
+            sequence = attended
 
         pooled = self.pooling(sequence, mask)
         hidden = self.dropout(self.hidden(pooled), training=training)

@@ -415,6 +415,7 @@ def fit_in_process(
     max_history: int,
     seed: int = 0,
     negative_rows: np.ndarray | None = None,
+    epoch_metrics: Callable[[Any], dict[str, Any]] | None = None,
 ):
     """Fit the towers with plain Keras `fit` in this process, no Ray.
 
@@ -433,10 +434,12 @@ def fit_in_process(
         max_history: History length of the examples.
         seed: Seeds weights and the shuffle.
         negative_rows: Vocabulary rows of the catalogue softmax.
+        epoch_metrics: Called with the model after every epoch; the metrics
+            it returns join that epoch's.
 
     Returns:
-        The trained `RetrievalModel` and, per epoch, `loss` and
-        `train_seconds`.
+        The trained `RetrievalModel` and, per epoch, `loss`,
+        `train_seconds` and what `epoch_metrics` returned.
     """
     import tensorflow as tf
 
@@ -467,11 +470,12 @@ def fit_in_process(
         )
         started = time.perf_counter()
         fitted = model.fit(batches, epochs=1, verbose=0)
-        epochs.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(fitted.history["loss"][-1]),
-                "train_seconds": time.perf_counter() - started,
-            }
-        )
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": float(fitted.history["loss"][-1]),
+            "train_seconds": time.perf_counter() - started,
+        }
+        if epoch_metrics is not None:
+            metrics.update(epoch_metrics(model))
+        epochs.append(metrics)
     return model, epochs

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from recray.evaluation.metrics import rank_in_chunks, ranking_metrics
+from recray.evaluation.metrics import rank_in_chunks, ranking_metrics, seeded_sample
 from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
 
 PREFIX = "val_"
@@ -104,10 +104,7 @@ def sample_validation(
             "users (`--validation-fraction` or `--validation-users`) or use "
             "more data."
         )
-    if size < total:
-        rng = np.random.default_rng(seed)
-        chosen = np.sort(rng.choice(total, size, replace=False))
-        examples = {name: column[chosen] for name, column in examples.items()}
+    examples = seeded_sample(examples, size, seed)
     texts = pq.read_table(paths.movie_texts, columns=["movie_id"])
     vocabulary = MovieVocabulary(texts["movie_id"].to_numpy())
     excluded = rated_before(pq.read_table(paths.ratings), vocabulary, examples)

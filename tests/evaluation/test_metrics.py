@@ -11,6 +11,7 @@ from recray.evaluation.metrics import (
     ndcg,
     rank_in_chunks,
     ranking_metrics,
+    seeded_sample,
     target_ranks,
 )
 
@@ -70,3 +71,17 @@ def test_chunked_ranking_equals_one_pass():
 def test_popularity_counts_training_ratings():
     scores = popularity_scores(np.array([1, 1, 3, 1, 2]), vocab_size=5)
     np.testing.assert_array_equal(scores, [0, 3, 1, 1, 0])
+
+
+def test_seeded_sample_keeps_rows_together_in_order_and_repeats_with_its_seed():
+    examples = {"target": np.arange(100), "history": np.arange(100) * 10}
+    sample = seeded_sample(examples, 7, seed=3)
+    assert len(sample["target"]) == 7
+    assert np.all(np.diff(sample["target"]) > 0)  # original order, no repeats
+    np.testing.assert_array_equal(sample["history"], sample["target"] * 10)
+    again = seeded_sample(examples, 7, seed=3)
+    np.testing.assert_array_equal(again["target"], sample["target"])
+    other = seeded_sample(examples, 7, seed=4)
+    assert not np.array_equal(other["target"], sample["target"])
+    assert seeded_sample(examples, None, seed=3) is examples
+    assert seeded_sample(examples, 100, seed=3) is examples

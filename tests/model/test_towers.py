@@ -33,9 +33,19 @@ def _history(ids: list[list[int]], ratings: list[list[float]]) -> dict:
 
 
 @pytest.mark.parametrize("pooling", ["average", "max"])
-@pytest.mark.parametrize("use_attention", [True, False])
-def test_padding_does_not_change_the_query_embedding(pooling, use_attention):
-    config = ModelConfig(pooling=pooling, use_attention=use_attention, num_heads=2)
+@pytest.mark.parametrize(
+    ("use_attention", "attention_residual"),
+    [(True, False), (True, True), (False, False)],
+)
+def test_padding_does_not_change_the_query_embedding(
+    pooling, use_attention, attention_residual
+):
+    config = ModelConfig(
+        pooling=pooling,
+        use_attention=use_attention,
+        attention_residual=attention_residual,
+        num_heads=2,
+    )
     model = QueryModel(text_embedding_layer(_movie_vectors(), "movies"), config)
 
     alone = model(_history([[3]], [[0.5]]))
@@ -52,6 +62,27 @@ def test_history_content_changes_the_embedding():
     one = model(_history([[3, 4, 0]], [[0.5, -0.5, 0.0]]))
     other = model(_history([[3, 5, 0]], [[0.5, -0.5, 0.0]]))
     assert not np.allclose(one.numpy(), other.numpy(), atol=1e-4)
+
+
+def test_residual_attention_keeps_the_movies_when_attention_adds_nothing():
+    vectors = _movie_vectors()
+    residual = QueryModel(
+        text_embedding_layer(vectors, "movies"), ModelConfig(attention_residual=True)
+    )
+    no_attention = QueryModel(
+        text_embedding_layer(vectors, "movies"), ModelConfig(use_attention=False)
+    )
+    history = _history([[3, 4, 0]], [[0.5, -0.5, 0.0]])
+    residual(history)
+    no_attention(history)
+    for weight in residual.attention._output_dense.weights:
+        weight.assign(tf.zeros_like(weight))  # attention now adds zeros
+    for layer in ("hidden", "projection"):
+        getattr(no_attention, layer).set_weights(getattr(residual, layer).get_weights())
+
+    np.testing.assert_allclose(
+        residual(history).numpy(), no_attention(history).numpy(), atol=1e-6
+    )
 
 
 def test_the_tower_reads_a_history_as_a_set():
@@ -262,3 +293,27 @@ def test_history_movies_are_no_catalogue_negatives():
         label = 0 if masked else 1
         expected = _softmax_cross_entropy(np.array(logits), label)
         np.testing.assert_allclose(loss, [expected], rtol=1e-5)
+
+
+def test_the_seed_preset_builds_the_layer_shapes_of_the_seed():
+    from pathlib import Path
+
+    from recray.config import PipelineConfig, load_yaml
+    from recray.embeddings.openai_provider import model_spec
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "seed.yaml"
+    config = load_yaml(PipelineConfig, preset)
+    dim = model_spec(config.embedding.embedding_model).native_dim
+    vocab_size = 16_760 + 1  # the seed's movies and the unknown row
+    model = RetrievalModel(np.zeros((vocab_size, dim), np.float32), config.model)
+    model.build_towers(max_history=50)
+
+    assert dim == 1536
+    attention = model.query_model.attention
+    settings = attention.get_config()
+    assert settings["num_heads"] * settings["key_dim"] == 1024
+    # Query, key and value projections read a text vector plus its rating;
+    # the output projection writes one back.
+    width = dim + 1
+    assert attention.count_params() == 3 * (width * 1024 + 1024) + 1024 * width + width
+    assert model.query_model.movie_embedding.count_params() == vocab_size * dim
