@@ -6,8 +6,8 @@ Keras `fit` (no Ray Train), on the training examples of a run made by
 seeded sample of validation examples against the whole catalogue, with the
 cold-start movies kept out of training as the train stage does.
 
-    .venv/bin/python scripts/ablations.py --run runs/dev --epochs 3 \
-        --max-eval 3000 --model temperature=0.1 --model use_attention=False
+    .venv/bin/python scripts/ablations.py --run runs/bench-quality --epochs 6 \
+        --train cpus_per_worker=2 --train batch_size=512 --model use_attention=False
 
 Appends one JSON line per call to `--out` (default
 benchmarks/results/ablations.jsonl).
@@ -66,8 +66,12 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/dev"))
     parser.add_argument("--model", action="append", default=[])
     parser.add_argument("--train", action="append", default=[])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-eval", type=int, default=3000)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="the run's epochs when unset"
+    )
+    parser.add_argument(
+        "--max-eval", type=int, default=None, help="all validation examples when unset"
+    )
     parser.add_argument("--label", default="")
     parser.add_argument(
         "--ease", action="store_true", help="score EASE instead of training"
@@ -85,7 +89,9 @@ def main() -> None:
     config = load_yaml(PipelineConfig, paths.config)
     model_config = dataclasses.replace(config.model, **overrides(args.model))
     train_config = dataclasses.replace(
-        config.train, epochs=args.epochs, **overrides(args.train)
+        config.train,
+        epochs=args.epochs or config.train.epochs,
+        **overrides(args.train),
     )
     config = dataclasses.replace(config, model=model_config, train=train_config)
 
@@ -183,7 +189,7 @@ def main() -> None:
     result = {
         "label": args.label,
         "model": overrides(args.model),
-        "train": {**overrides(args.train), "epochs": args.epochs},
+        "train": {**overrides(args.train), "epochs": train_config.epochs},
         "examples": int(len(targets)),
         "all": last["all"],
         "warm": last["warm"],

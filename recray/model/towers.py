@@ -8,6 +8,7 @@ contributes nothing instead of something made up.
 Query model (a user's watch history to a query embedding):
     history ids [batch, max_history] -> frozen text embeddings
     -> concat centred ratings -> masked self multi-head attention
+    (added to the movies' own vectors unless `attention_residual` is off)
     -> masked average or max pooling -> Dense -> Dropout -> Dense [batch, out]
 
 Candidate model (movie ids to candidate embeddings):
