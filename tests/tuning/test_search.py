@@ -57,6 +57,10 @@ def _command(runs: Path, data: Path, tmdb: Path, *extra: str) -> list[str]:
         str(EPOCHS),
         "--num-samples",
         str(NUM_SAMPLES),
+        # ASHA stops no trial early here: a trial it stopped at its first
+        # rung before the kill has nothing to go on with after the resume.
+        "--grace-period",
+        str(EPOCHS),
         "--max-concurrent",
         "2",
         "--eval-sample",
