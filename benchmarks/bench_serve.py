@@ -22,6 +22,7 @@ Targets: recommendation p50 <= 20 ms; index p50 <= 2x numpy p50.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -51,8 +52,11 @@ def _uptime() -> str:
 
 
 def _synthetic_run(root: Path, rng: np.random.Generator):
-    """A run folder with exported towers and index over NUM_MOVIES movies."""
+    """A run folder with exported towers and index over NUM_MOVIES movies,
+    whose rows carry year and genre features as a trained run's do."""
     from recray.config import PipelineConfig, save_yaml
+    from recray.data.movie_features import GENRES, FeatureSpec, tower_inputs
+    from recray.data.texts import MOVIE_TEXTS_SCHEMA
     from recray.model.export import export_query_model
     from recray.model.towers import RetrievalModel
     from recray.serving.index import export_serving
@@ -62,19 +66,32 @@ def _synthetic_run(root: Path, rng: np.random.Generator):
     movie_ids = np.arange(1, NUM_MOVIES + 1, dtype=np.int64)
     vectors = rng.normal(size=(NUM_MOVIES, TEXT_DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    years = rng.integers(1920, 2020, size=NUM_MOVIES).astype(np.int32)
+    genres = [[GENRES[i % len(GENRES)].title()] for i in range(NUM_MOVIES)]
+    titles = [f"Movie {i} ({y})" for i, y in zip(movie_ids, years, strict=True)]
     pq.write_table(
         pa.table(
             {
                 "movie_id": movie_ids,
-                "title": [f"Movie {i} (2000)" for i in movie_ids],
+                "title": titles,
                 "text": [f"Movie {i}." for i in movie_ids],
-            }
+                "year": years,
+                "genres": genres,
+            },
+            schema=MOVIE_TEXTS_SCHEMA,
         ),
         root / "movie_texts.parquet",
     )
     np.savez(root / "movie_embeddings.npz", movie_id=movie_ids, vectors=vectors)
 
-    table = np.concatenate([np.zeros((1, TEXT_DIM), np.float32), vectors])
+    spec = FeatureSpec(
+        config.model.year_features, config.model.genre_features, last_year=2019
+    )
+    rows = tower_inputs(vectors, years, genres, spec)
+    (root / "movie_features.json").write_text(
+        json.dumps({**dataclasses.asdict(spec), "width": rows.shape[1]})
+    )
+    table = np.concatenate([np.zeros((1, rows.shape[1]), np.float32), rows])
     model = RetrievalModel(table, config.model)
     model.build_towers(config.data.max_history)
     export_query_model(model.query_model, root / "query_model")

@@ -4,9 +4,12 @@ Trains the same towers on the same examples of ml-latest-small three ways in
 one run: plain Keras `fit` in this process (the reference), then Ray Train's
 TensorflowTrainer with 1 and with 2 CPU workers, then plain `fit` again. Each
 is timed inside the training loop (`fit` only) and around the whole call
-(start-up, Ray Data, validation and checkpoints included). Writes
-benchmarks/results/train.json with examples per second and the ratios to the
-reference. The run folder (ingest, embed, histories) is made first if absent.
+(start-up, Ray Data, validation and checkpoints included). Last, one training
+step of a worker's batch is timed with the catalogue softmax and with
+in-batch negatives (`step_ms`): the difference is the per-step work that
+every worker repeats. Writes benchmarks/results/train.json with examples per
+second and the ratios to the reference. The run folder (ingest, embed,
+histories) is made first if absent.
 
 Every run gets all of the machine's cores: plain `fit` and the 1-worker run
 use that many TensorFlow threads, the 2-worker run half each. With fewer
@@ -89,7 +92,8 @@ def main() -> None:
         "training_examples": num_examples,
         "epochs": args.epochs,
         "batch_size_per_worker": config.train.batch_size,
-        "model": "default ModelConfig (frozen text, attention, catalogue softmax)",
+        "model": "default ModelConfig (frozen text with year and genre features, "
+        "recency, attention, catalogue softmax)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "runs": {},
     }
@@ -174,6 +178,8 @@ def main() -> None:
         )
 
     plain_fit("plain_fit_after")
+    results["step_ms"] = step_costs(config, vectors, counts, negative_rows, examples)
+    print("step_ms", json.dumps(results["step_ms"]))
 
     references = [results["runs"][f"plain_fit_{when}"] for when in ("before", "after")]
     reference = {
@@ -201,6 +207,40 @@ def main() -> None:
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
     ray.shutdown()
+
+
+def step_costs(config, vectors, counts, negative_rows, examples) -> dict:
+    """Milliseconds of one training step of a 2-worker run's per-worker batch,
+    with the catalogue softmax and with in-batch negatives, in this process.
+
+    Their difference is the candidate model's pass over the whole catalogue,
+    which every worker makes for every step whatever its share of the batch.
+    """
+    import tensorflow as tf
+
+    from recray.model.towers import RetrievalModel
+
+    batch = config.train.batch_size
+    features = {
+        "history_ids": tf.constant(examples["history_ids"][:batch], tf.int32),
+        "history_ratings": tf.constant(examples["history_ratings"][:batch]),
+    }
+    targets = tf.constant(examples["target_id"][:batch], tf.int32)
+    costs = {}
+    for negatives in ("catalogue", "in_batch"):
+        model_config = dataclasses.replace(config.model, negatives=negatives)
+        model = RetrievalModel(vectors, model_config, counts, negative_rows)
+        model.build_towers(config.data.max_history)
+        model.compile(optimizer=tf.keras.optimizers.Adam())
+        step = tf.function(model.train_step)
+        step((features, targets))  # trace and warm up
+        started = time.perf_counter()
+        for _ in range(20):
+            step((features, targets))
+        costs[f"{negatives}_{batch}"] = round(
+            1000 * (time.perf_counter() - started) / 20, 1
+        )
+    return costs
 
 
 if __name__ == "__main__":

@@ -230,6 +230,13 @@ class ModelConfig:
         id_embedding_dim: Size of the learned id embeddings of `id`.
         mask_history_negatives: With `catalogue`, a movie of the example's
             history is no negative (it is never recommended anyway).
+        recency_positions: Learn a vector per recency (latest movie, the one
+            before, ...) for this many latest movies, added to the history's
+            vectors before attention; 0 reads a history as a set.
+        year_features: Append an encoding of the title's release year to
+            each movie's text embedding (`text` and `text_id` only).
+        genre_features: Append flags of the movie's MovieLens genres to
+            each movie's text embedding (`text` and `text_id` only).
     """
 
     num_heads: int = 2
@@ -249,6 +256,9 @@ class ModelConfig:
     trainable_embeddings: bool = False
     id_embedding_dim: int = 64
     mask_history_negatives: bool = True
+    recency_positions: int = 10
+    year_features: bool = True
+    genre_features: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -260,6 +270,10 @@ class ModelConfig:
         ):
             value = getattr(self, name)
             _require(value >= 1, f"`{name}` must be >= 1, got {value}.")
+        _require(
+            self.recency_positions >= 0,
+            f"`recency_positions` must be >= 0, got {self.recency_positions}.",
+        )
         _require(
             0.0 <= self.dropout < 1.0,
             f"`dropout` must be in [0, 1), got {self.dropout}.",

@@ -27,13 +27,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recray.config import PipelineConfig, load_yaml, save_yaml
+
+if TYPE_CHECKING:
+    from recray.data.movielens import MovieLensData
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,12 @@ class RunPaths:
     @property
     def training(self) -> Path:
         return self.root / "training.json"
+
+    @property
+    def movie_features(self) -> Path:
+        """What the train stage fixed of the movie table, for serving: the
+        `FeatureSpec` (`recray.data.movie_features`) and the row `width`."""
+        return self.root / "movie_features.json"
 
     @property
     def query_model(self) -> Path:
@@ -161,18 +170,66 @@ def ingest(config: PipelineConfig, paths: RunPaths) -> None:
     report = DataReport()
     movielens = load_movielens(config.data.data_dir, report)
     tmdb = load_tmdb(config.data.tmdb_path, report) if config.data.tmdb_path else None
-    texts = build_movie_texts(movielens, tmdb, config.data.top_tags)
-
     report.log_summary(logger)
-    log_examples(texts, logger)
     _write_json(paths.data_report, report.to_dict())
     if movielens.ratings.num_rows == 0:
         raise ValueError(
             f"No rating of `{config.data.data_dir}` survived validation; "
             f"`{paths.data_report}` counts every dropped row and why."
         )
+    tags = _tags_for_texts(config, movielens)
+    texts = build_movie_texts(
+        dataclasses.replace(movielens, tags=tags), tmdb, config.data.top_tags
+    )
+
+    log_examples(texts, logger)
     pq.write_table(movielens.ratings, paths.ratings)
     pq.write_table(texts, paths.movie_texts)
+
+
+def _tags_for_texts(config: PipelineConfig, movielens: MovieLensData) -> pa.Table:
+    """The tag applications movie texts may quote: training users' tags of
+    warm movies.
+
+    Tags are behaviour. A validation user's tag would carry held-out
+    behaviour into the frozen movie features, and a cold-start movie stands
+    for a movie nobody has seen yet, so it has no tags either.
+    """
+    from recray.data.histories import is_validation_user
+
+    ratings, tags = movielens.ratings, movielens.tags
+    if tags.num_rows == 0:
+        return tags
+    rating_users = ratings["user_id"].to_numpy()
+    held_out = is_validation_user(
+        rating_users,
+        config.data.split_seed,
+        config.data.validation_fraction,
+        count=config.data.validation_users,
+    )
+    by_validation_user = np.isin(tags["user_id"].to_numpy(), rating_users[held_out])
+
+    movies = movielens.movies.sort_by("movie_id")
+    cold = _cold_split(
+        movies["movie_id"].to_numpy(),
+        movies["year"].fill_null(0).to_numpy(),
+        ratings["movie_id"].to_numpy(),
+        config.train.cold_start_fraction,
+    )
+    vocabulary = _vocabulary_of(movies["movie_id"].to_numpy())
+    on_cold_movie = cold.is_cold[vocabulary.rows(tags["movie_id"].to_numpy())]
+
+    keep = ~by_validation_user & ~on_cold_movie
+    logger.info(
+        "Movie texts quote training users' tags of warm movies only: %d of %d "
+        "tag applications left out (%d by validation users, %d of cold-start "
+        "movies).",
+        int((~keep).sum()),
+        tags.num_rows,
+        int(by_validation_user.sum()),
+        int(on_cold_movie.sum()),
+    )
+    return tags.filter(pa.array(keep))
 
 
 def embed(config: PipelineConfig, paths: RunPaths) -> None:
@@ -211,11 +268,15 @@ def embed(config: PipelineConfig, paths: RunPaths) -> None:
     log_similar_examples(texts["title"].to_pylist(), result.vectors, logger)
 
 
-def _vocabulary(paths: RunPaths):
+def _vocabulary_of(movie_ids: np.ndarray):
     from recray.data.histories import MovieVocabulary
 
+    return MovieVocabulary(np.asarray(movie_ids))
+
+
+def _vocabulary(paths: RunPaths):
     texts = pq.read_table(_require(paths.movie_texts, "ingest"), columns=["movie_id"])
-    return MovieVocabulary(texts["movie_id"].to_numpy())
+    return _vocabulary_of(texts["movie_id"].to_numpy())
 
 
 def histories(config: PipelineConfig, paths: RunPaths) -> None:
@@ -227,7 +288,7 @@ def histories(config: PipelineConfig, paths: RunPaths) -> None:
     _write_json(paths.histories, stats.to_dict())
 
 
-def _embedding_table(paths: RunPaths) -> np.ndarray:
+def _text_table(paths: RunPaths) -> np.ndarray:
     """Movie text embeddings [vocab_size, dim] with the zero padding row first.
 
     Raises:
@@ -245,16 +306,97 @@ def _embedding_table(paths: RunPaths) -> np.ndarray:
     return np.concatenate([padding, vectors]).astype(np.float32)
 
 
+def has_years_and_genres(texts_path: Path) -> bool:
+    """Whether a `movie_texts.parquet` has the `year` and `genres` columns
+    (those written before the towers read them have not)."""
+    return {"year", "genres"} <= set(pq.read_schema(texts_path).names)
+
+
+def read_years_and_genres(texts_path: Path) -> tuple[np.ndarray, list[list[str]]]:
+    """Each movie's release year (0 where unknown) and genres, in file order.
+
+    Raises:
+        ValueError: The file predates the `year` and `genres` columns.
+    """
+    if not has_years_and_genres(texts_path):
+        raise ValueError(
+            f"`{texts_path}` has no `year` and `genres` columns: it was written "
+            "before the towers read them. Rerun the `ingest` stage (and those "
+            "after it) for this run."
+        )
+    table = pq.read_table(texts_path, columns=["year", "genres"])
+    years = table["year"].fill_null(0).to_numpy().astype(np.int32)
+    return years, table["genres"].to_pylist()
+
+
+def feature_spec(config: PipelineConfig, paths: RunPaths, counts: np.ndarray):
+    """The `recray.data.movie_features.FeatureSpec` of this run's settings;
+    years clip at the latest movie with training ratings.
+
+    Args:
+        config: The run's settings.
+        paths: The run folder.
+        counts: [vocab_size] training ratings per vocabulary row.
+    """
+    from recray.data.movie_features import FeatureSpec, last_training_year
+
+    last_year = None
+    if config.model.year_features:
+        years, _ = read_years_and_genres(paths.movie_texts)
+        last_year = last_training_year(years, counts[1:])
+    return FeatureSpec(
+        config.model.year_features, config.model.genre_features, last_year
+    )
+
+
+def movie_table(
+    config: PipelineConfig, paths: RunPaths, counts: np.ndarray
+) -> np.ndarray:
+    """The towers' frozen movie table [vocab_size, width], padding row first:
+    text embeddings followed by the year and genre features the model config
+    asks for (`recray.data.movie_features`).
+
+    Args:
+        config: The run's settings.
+        paths: The run folder.
+        counts: [vocab_size] training ratings per vocabulary row.
+    """
+    from recray.data.movie_features import tower_inputs, warn_of_unknown_genres
+
+    text = _text_table(paths)
+    years, genres = read_years_and_genres(paths.movie_texts)
+    spec = feature_spec(config, paths, counts)
+    if spec.genre_features:
+        warn_of_unknown_genres(genres)
+    rows = tower_inputs(text[1:], years, genres, spec)
+    padding = np.zeros((1, rows.shape[1]), dtype=np.float32)
+    return np.concatenate([padding, rows])
+
+
+def _cold_split(
+    movie_ids: np.ndarray,
+    years: np.ndarray,
+    rating_movie_ids: np.ndarray,
+    fraction: float,
+):
+    """Cold-start movies of sorted `movie_ids` with title `years` (0 for
+    none), from the movie id of every rating."""
+    from recray.data.cold_start import choose_cold_movies
+
+    rows = _vocabulary_of(movie_ids).rows(rating_movie_ids)
+    return choose_cold_movies(np.concatenate([[0], years]), rows, fraction)
+
+
 def _cold_start(config: PipelineConfig, paths: RunPaths):
     """The run's cold-start movies, from the title years and all ratings."""
-    from recray.data.cold_start import choose_cold_movies, title_years
-
-    vocabulary = _vocabulary(paths)
-    titles = pq.read_table(paths.movie_texts, columns=["title"])["title"]
-    years = np.concatenate([[0], title_years(titles.to_pylist())])
+    years, _ = read_years_and_genres(paths.movie_texts)
     ratings = pq.read_table(paths.ratings, columns=["movie_id"])
-    rows = vocabulary.rows(ratings["movie_id"].to_numpy())
-    return choose_cold_movies(years, rows, config.train.cold_start_fraction)
+    return _cold_split(
+        _vocabulary(paths).movie_ids,
+        years,
+        ratings["movie_id"].to_numpy(),
+        config.train.cold_start_fraction,
+    )
 
 
 def _training_ratings(config: PipelineConfig, paths: RunPaths) -> pa.Table:
@@ -302,11 +444,11 @@ def _training_sequences(config: PipelineConfig, paths: RunPaths) -> list[np.ndar
 def training_inputs(
     config: PipelineConfig, paths: RunPaths
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray]:
-    """What the train stage fits on: the embedding table [vocab_size, dim],
-    the training rating counts [vocab_size], the `train` and `validation`
-    example datasets without cold-start targets, and the vocabulary rows that
-    may serve as catalogue negatives (the warm movies). A Tune trial reads
-    the same."""
+    """What the train stage fits on: the movie table [vocab_size, width]
+    (`movie_table`), the training rating counts [vocab_size], the `train`
+    and `validation` example datasets without cold-start targets, and the
+    vocabulary rows that may serve as catalogue negatives (the warm movies).
+    A Tune trial reads the same."""
     from recray.data.cold_start import without_cold_targets
     from recray.data.histories import read_examples
     from recray.schema import TARGET_ID
@@ -336,12 +478,8 @@ def training_inputs(
             for split, dataset in datasets.items()
         }
     negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
-    return (
-        _embedding_table(paths),
-        _training_rating_counts(config, paths),
-        datasets,
-        negative_rows,
-    )
+    counts = _training_rating_counts(config, paths)
+    return movie_table(config, paths, counts), counts, datasets, negative_rows
 
 
 def _fit_and_export(
@@ -354,10 +492,12 @@ def _fit_and_export(
     folder: Path,
     epochs: int,
     serving: bool = False,
+    movie_features: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train one retrieval model on Ray Train and export it into `folder`:
     `train/`, `query_model/`, `candidate_embeddings.npy`, and with `serving`
-    the candidate model and index that `recray recommend` loads; return its
+    the candidate model and index that `recray recommend` loads, after
+    `movie_features` is written to `movie_features.json`; return its
     epochs."""
     import tensorflow as tf
 
@@ -385,6 +525,9 @@ def _fit_and_export(
     )
     load_weights(model, result.checkpoint_dir)
     export_query_model(model.query_model, folder / "query_model")
+    if movie_features is not None:
+        # Written with the models it describes, never before training ends.
+        _write_json(RunPaths(folder).movie_features, movie_features)
     if serving:
         from recray.serving.index import export_serving  # candidate model and index
 
@@ -401,8 +544,13 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     embeddings. With `id_baseline`, the ID two-tower is trained the same way
     into `id_two_tower/`. Cold-start movies are kept out of both."""
     movie_vectors, counts, datasets, negative_rows = training_inputs(config, paths)
-    # Serving feeds the run's text vectors to the exported towers, which is
-    # only what they were trained on with frozen text features.
+    # What serving needs to build the rows of any movie as training did.
+    movie_features = {
+        **dataclasses.asdict(feature_spec(config, paths, counts)),
+        "width": int(movie_vectors.shape[1]),
+    }
+    # Serving feeds rows of the frozen movie table to the exported towers,
+    # which is only what they were trained on with frozen text features.
     servable = (
         config.model.movie_features == "text" and not config.model.trainable_embeddings
     )
@@ -428,6 +576,7 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
         paths.root,
         config.train.epochs,
         serving=servable,
+        movie_features=movie_features,
     )
     _write_json(paths.training, epochs)
     texts = pq.read_table(paths.movie_texts, columns=["movie_id", "title"])
@@ -586,7 +735,16 @@ STAGE_FUNCTIONS: dict[str, Callable[[PipelineConfig, RunPaths], Any]] = {
 # The settings each stage reads. A stage run on its own must see the settings
 # that made the files it reads, or its results would silently mix two configs.
 STAGE_SETTINGS = {
-    "ingest": ("data.data_dir", "data.tmdb_path", "data.top_tags"),
+    # The split decides whose tags the movie texts may quote.
+    "ingest": (
+        "data.data_dir",
+        "data.tmdb_path",
+        "data.top_tags",
+        "data.validation_fraction",
+        "data.split_seed",
+        "data.validation_users",
+        "train.cold_start_fraction",
+    ),
     # What decides the vectors; limits, retries, cache folder and dry runs
     # do not.
     "embed": (

@@ -74,6 +74,12 @@ def main() -> None:
     )
     parser.add_argument("--label", default="")
     parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="seeds weights and shuffle; the run's split seed when unset",
+    )
+    parser.add_argument(
         "--ease", action="store_true", help="score EASE instead of training"
     )
     parser.add_argument(
@@ -95,8 +101,8 @@ def main() -> None:
     )
     config = dataclasses.replace(config, model=model_config, train=train_config)
 
-    vectors = pipeline._embedding_table(paths)
     counts = pipeline._training_rating_counts(config, paths)
+    vectors = pipeline.movie_table(config, paths, counts)
     cold = pipeline._cold_start(config, paths)
     train = without_cold_targets(read_split(paths.examples / "train"), cold.is_cold)
     validation = read_split(paths.examples / "validation")
@@ -168,6 +174,7 @@ def main() -> None:
         }
 
     negative_rows = np.flatnonzero(~cold.is_cold)[1:].astype(np.int32)
+    train_seed = config.data.split_seed if args.train_seed is None else args.train_seed
     _, epochs = fit_in_process(
         model_config,
         train_config,
@@ -175,7 +182,7 @@ def main() -> None:
         counts,
         train,
         config.data.max_history,
-        seed=config.data.split_seed,
+        seed=train_seed,
         negative_rows=negative_rows,
         epoch_metrics=scored,
     )
@@ -190,6 +197,7 @@ def main() -> None:
         "label": args.label,
         "model": overrides(args.model),
         "train": {**overrides(args.train), "epochs": train_config.epochs},
+        "train_seed": train_seed,
         "examples": int(len(targets)),
         "all": last["all"],
         "warm": last["warm"],

@@ -96,6 +96,28 @@ def test_training_reports_each_epoch(tiny_run):
     )
 
 
+def test_the_towers_read_text_then_year_and_genres(tiny_run):
+    from recray.data.movie_features import GENRES, YEAR_CENTRES
+
+    config, paths = tiny_run
+    counts = pipeline._training_rating_counts(config, paths)
+    table = pipeline.movie_table(config, paths, counts)
+    text = pipeline._text_table(paths)
+
+    extra = len(YEAR_CENTRES) + len(GENRES)
+    assert table.shape == (text.shape[0], text.shape[1] + extra)
+    np.testing.assert_array_equal(table[:, : text.shape[1]], text)
+    # Serving reads what training read: the spec and width, written with the
+    # models. Years clip at the latest movie training users rated, which is
+    # older than every cold-start movie.
+    saved = _json(paths.movie_features)
+    assert saved["year_features"] and saved["genre_features"]
+    assert saved["width"] == table.shape[1]
+    years, _ = pipeline.read_years_and_genres(paths.movie_texts)
+    assert saved["last_year"] == years[counts[1:] > 0].max()
+    assert saved["last_year"] < _json(paths.evaluation)["cold_start"]["first_year"]
+
+
 def test_config_is_saved_and_reloads(tiny_run):
     config, paths = tiny_run
     assert load_yaml(PipelineConfig, paths.config) == pipeline.resolve_paths(config)
@@ -128,7 +150,9 @@ print(json.dumps(out["query_embedding"].numpy().tolist()))
     from recray.training.trainer import load_weights
 
     last = sorted(p for p in paths.train.glob("checkpoint_*") if p.is_dir())[-1]
-    model = RetrievalModel(pipeline._embedding_table(paths), config.model)
+    counts = pipeline._training_rating_counts(config, paths)
+    table = pipeline.movie_table(config, paths, counts)
+    model = RetrievalModel(table, config.model)
     model.build_towers(config.data.max_history)
     assert load_weights(model, last) == config.train.epochs
     rebuilt = model.query_model(

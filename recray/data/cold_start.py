@@ -14,7 +14,6 @@ examples the histories stage wrote, whatever wrote them.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,18 +21,6 @@ import numpy as np
 from recray.schema import HISTORY_IDS, HISTORY_RATINGS, PAD_ID, TARGET_ID
 
 logger = logging.getLogger(__name__)
-
-# `movie_texts.parquet` titles end with the year, e.g. "Toy Story (1995)".
-_YEAR_AT_END = re.compile(r"\((\d{4})\)\s*$")
-
-
-def title_years(titles: list[str]) -> np.ndarray:
-    """Release year of each title [n], 0 where a title carries none."""
-    years = []
-    for title in titles:
-        match = _YEAR_AT_END.search(title or "")
-        years.append(int(match.group(1)) if match else 0)
-    return np.asarray(years, dtype=np.int32)
 
 
 @dataclass(frozen=True)

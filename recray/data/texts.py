@@ -29,6 +29,10 @@ MOVIE_TEXTS_SCHEMA = pa.schema(
         pa.field("movie_id", pa.int64(), nullable=False),
         pa.field("title", pa.string(), nullable=False),
         pa.field("text", pa.string(), nullable=False),
+        # Structured copies of what the text says, for the towers' year and
+        # genre features (recray.data.movie_features).
+        pa.field("year", pa.int32()),
+        pa.field("genres", pa.list_(pa.string()), nullable=False),
     ]
 )
 
@@ -47,7 +51,8 @@ def build_movie_texts(
     Returns:
         One row per movie of `movielens.movies`, sorted by `movie_id`, with
         schema `MOVIE_TEXTS_SCHEMA`: `title` with the year, e.g.
-        "Toy Story (1995)", and the non-empty `text`.
+        "Toy Story (1995)", the non-empty `text`, and the MovieLens `year`
+        (null when the title has none) and `genres`.
 
     Raises:
         ValueError: `top_tags` is negative.
@@ -84,7 +89,13 @@ def build_movie_texts(
         texts.append(" ".join(part for part in parts if part))
 
     return pa.table(
-        {"movie_id": movie_ids, "title": titles, "text": texts},
+        {
+            "movie_id": movie_ids,
+            "title": titles,
+            "text": texts,
+            "year": movies["year"],
+            "genres": genres,
+        },
         schema=MOVIE_TEXTS_SCHEMA,
     )
 

@@ -8,16 +8,17 @@ Query model (`query_model/`), two signatures:
     `serving_default`: `history_ids` (int32) and `history_ratings` (float32),
         both [batch, length] with any length, rows of the training vocabulary
         -> `query_embedding` [batch, output_dim].
-    `query_from_vectors`: `history_vectors` [batch, length, dim] (float32),
+    `query_from_vectors`: `history_vectors` [batch, length, width] (float32),
         `history_mask` [batch, length] (bool, true on real movies) and
         `history_ratings` [batch, length] -> `query_embedding`. The query model
-        only ever sees a movie through its frozen text vector, so a history may
-        hold movies added after training: the caller looks their vectors up in
-        the run's extendable vector table (`recray.serving`).
+        only ever sees a movie through its frozen row of the movie table (text
+        vector, year and genre features), so a history may hold movies added
+        after training: the caller builds their rows in the run's extendable
+        catalogue (`recray.serving`).
 
 Candidate model (`candidate_model/`), signature `serving_default`:
-    `text_vectors` [num, dim] -> `candidate_embedding` [num, output_dim]: the
-    candidate embedding of any movie whose text has been embedded.
+    `movie_vectors` [num, width] -> `candidate_embedding` [num, output_dim]:
+    the candidate embedding of any movie whose row can be built.
 
 Candidate index, signature `serving_default`:
     `query_embedding` [batch, output_dim] and `k` (int32 scalar) -> `scores`
@@ -49,7 +50,7 @@ CANDIDATE_EMBEDDING = "candidate_embedding"
 QUERY_FROM_VECTORS = "query_from_vectors"
 HISTORY_VECTORS = "history_vectors"
 HISTORY_MASK = "history_mask"
-TEXT_VECTORS = "text_vectors"
+MOVIE_VECTORS = "movie_vectors"
 SCORES = "scores"
 MOVIE_IDS = "movie_ids"
 
@@ -87,11 +88,12 @@ def query_from_vectors(
     history_mask: tf.Tensor,
     history_ratings: tf.Tensor,
 ) -> tf.Tensor:
-    """Query embeddings [batch, output_dim] of histories given as text vectors.
+    """Query embeddings [batch, output_dim] of histories given as table rows.
 
     Args:
         query_model: A trained `recray.model.towers.QueryModel`.
-        history_vectors: [batch, length, dim] text vectors, any at padding.
+        history_vectors: [batch, length, width] movie table rows, any at
+            padding.
         history_mask: [batch, length] true where a position holds a movie.
         history_ratings: [batch, length] centred ratings.
     """
@@ -104,16 +106,16 @@ def query_from_vectors(
 
 
 def candidates_from_vectors(
-    candidate_model: tf.keras.Model, text_vectors: tf.Tensor
+    candidate_model: tf.keras.Model, movie_vectors: tf.Tensor
 ) -> tf.Tensor:
-    """Candidate embeddings [num, output_dim] of text vectors [num, dim]."""
-    ids = tf.ones(tf.shape(text_vectors)[:1], tf.int32)
-    tower = _GivenVectors(candidate_model, text_vectors)
+    """Candidate embeddings [num, output_dim] of movie table rows [num, width]."""
+    ids = tf.ones(tf.shape(movie_vectors)[:1], tf.int32)
+    tower = _GivenVectors(candidate_model, movie_vectors)
     return type(candidate_model).call(tower, ids, training=False)
 
 
-def _text_table(tower: tf.keras.Model) -> np.ndarray:
-    """The frozen text embeddings [vocab_size, dim] a tower looks movies up in."""
+def _movie_table(tower: tf.keras.Model) -> np.ndarray:
+    """The frozen movie table [vocab_size, width] a tower looks movies up in."""
     return tower.movie_embedding.embeddings.numpy()
 
 
@@ -133,7 +135,7 @@ def export_query_model(query_model: tf.keras.Model, path: Path) -> None:
     Raises:
         RuntimeError: The vector signature disagrees with the tower.
     """
-    table = _text_table(query_model)
+    table = _movie_table(query_model)
     dim = table.shape[1]
 
     @tf.function(
@@ -180,20 +182,20 @@ def export_query_model(query_model: tf.keras.Model, path: Path) -> None:
 
 
 def export_candidate_model(candidate_model: tf.keras.Model, path: Path) -> None:
-    """Write the candidate model as a SavedModel from text vectors.
+    """Write the candidate model as a SavedModel from movie table rows.
 
     Raises:
         RuntimeError: The vector signature disagrees with the tower.
     """
-    table = _text_table(candidate_model)
+    table = _movie_table(candidate_model)
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([None, table.shape[1]], tf.float32, name=TEXT_VECTORS)
+            tf.TensorSpec([None, table.shape[1]], tf.float32, name=MOVIE_VECTORS)
         ]
     )
-    def serve(text_vectors: tf.Tensor) -> dict:
-        embedding = candidates_from_vectors(candidate_model, text_vectors)
+    def serve(movie_vectors: tf.Tensor) -> dict:
+        embedding = candidates_from_vectors(candidate_model, movie_vectors)
         return {CANDIDATE_EMBEDDING: embedding}
 
     rows = np.arange(1, min(len(table), 65), dtype=np.int32)
@@ -343,10 +345,10 @@ class ExportedQueryModel:
         history_mask: np.ndarray,
         history_ratings: np.ndarray,
     ) -> np.ndarray:
-        """Query embeddings [n, output_dim] of histories as text vectors.
+        """Query embeddings [n, output_dim] of histories as movie table rows.
 
         Args:
-            history_vectors: [n, length, dim] float32.
+            history_vectors: [n, length, width] float32 movie table rows.
             history_mask: [n, length] bool, true on real movies.
             history_ratings: [n, length] centred ratings.
 
@@ -372,9 +374,9 @@ class ExportedCandidateModel:
     def __init__(self, path: Path) -> None:
         self._loaded, self._serve = _load_signature(path)
 
-    def __call__(self, text_vectors: np.ndarray) -> np.ndarray:
-        """Candidate embeddings [num, output_dim] of text vectors [num, dim]."""
-        result = self._serve(text_vectors=tf.constant(text_vectors, tf.float32))
+    def __call__(self, movie_vectors: np.ndarray) -> np.ndarray:
+        """Candidate embeddings [num, output_dim] of table rows [num, width]."""
+        result = self._serve(movie_vectors=tf.constant(movie_vectors, tf.float32))
         return result[CANDIDATE_EMBEDDING].numpy()
 
 

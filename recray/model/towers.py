@@ -1,18 +1,20 @@
 """The query and candidate towers and the retrieval model that trains them.
 
-Movies are rows of one frozen embedding table initialised from their text
-embeddings. Row 0 is the padding and out-of-vocabulary row: it is all zeros and
-is masked out wherever a history is read, so an unknown movie in a history
-contributes nothing instead of something made up.
+Movies are rows of one frozen table: each row is the movie's text embedding,
+followed by its year and genre features where the config asks for them
+(`recray.data.movie_features`). Row 0 is the padding and out-of-vocabulary
+row: it is all zeros and is masked out wherever a history is read, so an
+unknown movie in a history contributes nothing instead of something made up.
 
 Query model (a user's watch history to a query embedding):
-    history ids [batch, max_history] -> frozen text embeddings
-    -> concat centred ratings -> masked self multi-head attention
+    history ids [batch, max_history] -> frozen movie rows
+    -> concat centred ratings -> plus a learned vector per recency (the
+    latest `recency_positions` movies) -> masked self multi-head attention
     (added to the movies' own vectors unless `attention_residual` is off)
     -> masked average or max pooling -> Dense -> Dropout -> Dense [batch, out]
 
 Candidate model (movie ids to candidate embeddings):
-    movie ids [num] -> the same frozen text embeddings -> Dense -> Dense [num, out]
+    movie ids [num] -> the same frozen movie rows -> Dense -> Dense [num, out]
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from recray.schema import HISTORY_IDS, HISTORY_RATINGS, PAD_ID
 def text_embedding_layer(
     movie_vectors: np.ndarray, name: str, trainable: bool = False
 ) -> tf.keras.layers.Layer:
-    """An Embedding whose rows start as the movies' text embeddings.
+    """An Embedding whose rows start as the movie table's rows.
 
     Args:
-        movie_vectors: [vocab_size, dim] with row `PAD_ID` all zeros.
+        movie_vectors: [vocab_size, width] with row `PAD_ID` all zeros.
         name: Layer name.
         trainable: Fine-tune the vectors (frozen by default). Padding is
             masked everywhere, so row `PAD_ID` gets no gradient.
@@ -65,6 +67,12 @@ class TextPlusIdEmbedding(tf.keras.layers.Layer):
         """Vectors [..., dim] of ids [...]."""
         return self.text(ids) + self.offset(ids)
 
+    @property
+    def embeddings(self) -> tf.Tensor:
+        """The table [vocab_size, dim] it looks ids up in, offsets added, as
+        an Embedding's `embeddings` (what the export reads)."""
+        return self.text.embeddings + self.offset.embeddings
+
 
 def movie_embedding_layer(
     movie_vectors: np.ndarray, config: ModelConfig
@@ -77,7 +85,7 @@ def movie_embedding_layer(
     the ID two-tower baseline.
 
     Args:
-        movie_vectors: [vocab_size, dim] text vectors, row `PAD_ID` zeros.
+        movie_vectors: [vocab_size, width] movie table, row `PAD_ID` zeros.
         config: Model settings.
     """
     if config.movie_features == "id":
@@ -123,6 +131,41 @@ class MaskedPooling(tf.keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+class RecencyEncoding(tf.keras.layers.Layer):
+    """Adds a learned vector for how recent each history movie is.
+
+    Histories are oldest first, so the latest movie sits at the last valid
+    position. Recency 0 is the latest movie, and every movie older than
+    `positions - 1` shares the last vector. The vectors start at zero: an
+    untrained encoding leaves the history as it was.
+    """
+
+    def __init__(self, positions: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.positions = positions
+
+    def build(self, input_shape: tf.TensorShape) -> None:
+        self.table = self.add_weight(
+            name="recency",
+            shape=[self.positions, int(input_shape[-1])],
+            initializer="zeros",
+        )
+        super().build(input_shape)
+
+    def call(self, sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+        """[batch, length, dim] plus the recency vector of each valid position."""
+        # A movie's recency is the number of valid movies after it, so holes
+        # (cold-start movies read as padding) do not shift it.
+        valid = tf.cast(mask, tf.int32)
+        later = tf.reduce_sum(valid, axis=1, keepdims=True) - tf.cumsum(valid, axis=1)
+        recency = tf.minimum(later, self.positions - 1)  # [batch, length]
+        offsets = tf.cast(tf.gather(self.table, recency), sequence.dtype)
+        return sequence + offsets * tf.cast(mask, sequence.dtype)[:, :, tf.newaxis]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "positions": self.positions}
+
+
 class QueryModel(tf.keras.Model):
     """Turns a padded watch history into a query embedding."""
 
@@ -139,6 +182,11 @@ class QueryModel(tf.keras.Model):
         super().__init__(name="query_model")
         self.config = config
         self.movie_embedding = movie_embedding
+        self.recency = (
+            RecencyEncoding(config.recency_positions, name="history_recency")
+            if config.recency_positions
+            else None
+        )
         self.attention = (
             tf.keras.layers.MultiHeadAttention(
                 num_heads=config.num_heads,
@@ -164,6 +212,8 @@ class QueryModel(tf.keras.Model):
         if self.config.use_ratings:
             ratings = tf.cast(features[HISTORY_RATINGS], sequence.dtype)
             sequence = tf.concat([sequence, ratings[:, :, tf.newaxis]], axis=-1)
+        if self.recency is not None:
+            sequence = self.recency(sequence, mask)
 
         if self.attention is not None:
             # A position attends to valid positions only, so padding never
@@ -235,7 +285,7 @@ class RetrievalModel(tf.keras.Model):
         """Build both towers.
 
         Args:
-            movie_vectors: [vocab_size, dim] text embeddings, row 0 zeros.
+            movie_vectors: [vocab_size, width] movie table, row 0 zeros.
             config: Tower and loss settings.
             target_frequencies: [vocab_size] how often each movie is a training
                 target; needed for the logQ correction.
@@ -311,6 +361,11 @@ class RetrievalModel(tf.keras.Model):
                 compute_metrics=False,
             )
 
+        # Known gap: every worker runs the candidate model over the whole
+        # catalogue at every step, whatever its share of the global batch, so
+        # this pass does not shrink with more workers (`make bench-train`'s
+        # `step_ms`). Sharding it across workers and gathering the
+        # embeddings is not done.
         catalogue = self.candidate_model(self.catalogue_ids, training=training)
         candidates = tf.concat([positives, catalogue], axis=0)
         batch = tf.shape(targets)[0]

@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recray.data.movie_features import warn_of_unknown_genres
 from recray.serving.catalogue import (
     ADDED_SCHEMA,
-    Catalogue,
     ServingPaths,
     load_catalogue,
     load_run_config,
@@ -201,7 +201,8 @@ def movie_texts(movies: list[NewMovie], movie_ids: list[int], top_tags: int):
     """The texts of new movies, written as the ingest stage writes them.
 
     Returns:
-        A table with `movie_id`, `title` and `text`, in the order of `movies`.
+        A table of `MOVIE_TEXTS_SCHEMA` (`movie_id`, `title`, `text`, `year`,
+        `genres`), in the order of `movies`.
     """
     from recray.data import (
         LINKS_SCHEMA,
@@ -260,7 +261,7 @@ def add_movies(run_dir: Path, path: Path) -> pa.Table:
     """Embed the movies of `path` and add them to the run's catalogue and index.
 
     Returns:
-        The added movies: `movie_id`, `title`, `text`.
+        The added movies: `movie_id`, `title`, `text`, `year`, `genres`.
 
     Raises:
         ValueError: A bad file, a movie already in the run (by id, or by
@@ -304,6 +305,8 @@ def add_movies(run_dir: Path, path: Path) -> pa.Table:
         movie_ids.append(movie_id)
 
     texts = movie_texts(movies, movie_ids, config.data.top_tags)
+    if catalogue.features is not None and catalogue.features.genre_features:
+        warn_of_unknown_genres(texts["genres"].to_pylist())
     result = embed_movie_texts(texts, config.embedding)
     if result.dim != catalogue.vectors.shape[1]:
         raise ValueError(
@@ -319,7 +322,7 @@ def add_movies(run_dir: Path, path: Path) -> pa.Table:
         added = pa.concat_tables([old, added])
         vectors = np.concatenate([catalogue.vectors[catalogue.added], vectors])
     # The index first: a failure there leaves the run's files as they were.
-    extended = _extended(catalogue, texts, result.vectors)
+    extended = catalogue.extended(texts, result.vectors)
     build_index(paths, extended)
     np.savez(
         paths.added_embeddings,
@@ -334,13 +337,3 @@ def add_movies(run_dir: Path, path: Path) -> pa.Table:
         added.num_rows,
     )
     return texts
-
-
-def _extended(catalogue: Catalogue, texts: pa.Table, vectors: np.ndarray) -> Catalogue:
-    """The catalogue with new movies appended."""
-    return Catalogue(
-        np.concatenate([catalogue.movie_ids, texts["movie_id"].to_numpy()]),
-        catalogue.titles + texts["title"].to_pylist(),
-        np.concatenate([catalogue.vectors, vectors.astype(np.float32)]),
-        np.concatenate([catalogue.added, np.ones(texts.num_rows, bool)]),
-    )

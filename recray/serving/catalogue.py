@@ -3,10 +3,12 @@
 A run's catalogue is the movies it was trained on (`movie_texts.parquet`,
 `movie_embeddings.npz`) followed by the movies added since with `recray
 add-movies` (`added_movies.parquet`, `added_embeddings.npz`). Both towers see a
-movie only through its frozen text vector, so this table of vectors is what
-serving extends: a new movie's vector is appended here, its candidate
-embedding goes into the index, and histories that hold it are read through the
-query model's `query_from_vectors` signature.
+movie only through its frozen row of the movie table: its text vector, then
+its year and genre features (`recray.data.movie_features`, as the run's
+`movie_features.json` says). So this table is what serving extends: a new
+movie's row is appended here, its candidate embedding goes into the index,
+and histories that hold it are read through the query model's
+`query_from_vectors` signature.
 
 Files in the run folder (besides those of the pipeline):
 
@@ -16,14 +18,16 @@ Files in the run folder (besides those of the pipeline):
                            `movies.parquet` (movie_id, title, added), its row
                            order that of `candidate_embeddings.npy`, and
                            `index.json` (kind, counts)
-    added_movies.parquet   movie_id, title, text of each added movie
+    added_movies.parquet   movie_id, title, text, year, genres of each added movie
     added_embeddings.npz   movie_id, vectors of the added movies
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +35,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recray.config import PipelineConfig, load_yaml
-from recray.pipeline import RunPaths
+from recray.data.movie_features import FeatureSpec, tower_inputs
+from recray.data.texts import MOVIE_TEXTS_SCHEMA
+from recray.pipeline import RunPaths, read_years_and_genres
 from recray.serving.titles import TitleMatcher
 
-ADDED_SCHEMA = pa.schema(
-    [
-        pa.field("movie_id", pa.int64(), nullable=False),
-        pa.field("title", pa.string(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-    ]
-)
+# Added movies are stored as ingest stores the run's own.
+ADDED_SCHEMA = MOVIE_TEXTS_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -80,22 +81,56 @@ def load_run_config(paths: ServingPaths) -> PipelineConfig:
 
 @dataclass(frozen=True, eq=False)
 class Catalogue:
-    """Movie ids, titles and text vectors, row-aligned.
+    """Movie ids, titles, text vectors, years and genres, row-aligned.
 
     Attributes:
         movie_ids: [num_movies] int64.
         titles: Title with year of each row.
         vectors: [num_movies, dim] float32 text embeddings.
+        years: [num_movies] release years, 0 where unknown.
+        genres: Each movie's genres.
         added: [num_movies] bool, true for movies added after training.
+        features: What the trained towers read besides the text, from the
+            run's `movie_features.json`; None before the run is trained.
+        width: The trained towers' row width, from the same file.
     """
 
     movie_ids: np.ndarray
     titles: list[str]
     vectors: np.ndarray
+    years: np.ndarray
+    genres: list[list[str]]
     added: np.ndarray
+    features: FeatureSpec | None = None
+    width: int | None = None
 
     def __len__(self) -> int:
         return len(self.movie_ids)
+
+    @cached_property
+    def inputs(self) -> np.ndarray:
+        """[num_movies, width] rows of the towers' movie table: the text
+        vector, then the year and genre features the run was trained with.
+
+        Raises:
+            FileNotFoundError: The run was never trained.
+            ValueError: The rows would not be as wide as the trained towers'
+                (the text vectors changed since training).
+        """
+        if self.features is None:
+            raise FileNotFoundError(
+                "The run has no `movie_features.json`, which its `train` stage "
+                "writes: train the run first."
+            )
+        rows = tower_inputs(self.vectors, self.years, self.genres, self.features)
+        if rows.shape[1] != self.width:
+            raise ValueError(
+                f"The movie table rows are {rows.shape[1]} wide, the trained "
+                f"towers read {self.width}: the text vectors are "
+                f"{self.vectors.shape[1]}-dim now. Restore the run's embedder "
+                "settings, or rerun it from `embed`."
+            )
+        return rows
 
     def matcher(self) -> TitleMatcher:
         return TitleMatcher(self.titles)
@@ -105,13 +140,40 @@ class Catalogue:
             {"movie_id": self.movie_ids, "title": self.titles, "added": self.added}
         )
 
+    def extended(self, texts: pa.Table, vectors: np.ndarray) -> Catalogue:
+        """The catalogue with the movies of `texts` (`MOVIE_TEXTS_SCHEMA`) and
+        their text vectors [num_new, dim] appended as added movies."""
+        return dataclasses.replace(
+            self,
+            movie_ids=np.concatenate([self.movie_ids, texts["movie_id"].to_numpy()]),
+            titles=self.titles + texts["title"].to_pylist(),
+            vectors=np.concatenate([self.vectors, vectors.astype(np.float32)]),
+            years=np.concatenate([self.years, _years(texts)]),
+            genres=self.genres + texts["genres"].to_pylist(),
+            added=np.concatenate([self.added, np.ones(texts.num_rows, bool)]),
+        )
+
+
+def _years(texts: pa.Table) -> np.ndarray:
+    return texts["year"].fill_null(0).to_numpy().astype(np.int32)
+
+
+def _read_features(paths: ServingPaths) -> tuple[FeatureSpec | None, int | None]:
+    """The `FeatureSpec` and row width of `movie_features.json`, if trained."""
+    if not paths.movie_features.exists():
+        return None, None
+    saved = json.loads(paths.movie_features.read_text())
+    width = saved.pop("width")
+    return FeatureSpec(**saved), width
+
 
 def load_catalogue(paths: ServingPaths) -> Catalogue:
     """The run's movies: trained on, then added.
 
     Raises:
         FileNotFoundError: The run has no movie texts or embeddings.
-        ValueError: The files disagree on which movies they hold.
+        ValueError: The files disagree on which movies they hold, or predate
+            the `year` and `genres` columns.
     """
     texts = pq.read_table(
         _need(paths.movie_texts, "the run has no movie texts"),
@@ -124,11 +186,27 @@ def load_catalogue(paths: ServingPaths) -> Catalogue:
             f"`{paths.movie_embeddings}` holds other movies than "
             f"`{paths.movie_texts}`; rerun the `embed` stage."
         )
-    titles = texts["title"].to_pylist()
-    added = np.zeros(len(movie_ids), bool)
+    years, genres = read_years_and_genres(paths.movie_texts)
+    features, width = _read_features(paths)
+    catalogue = Catalogue(
+        movie_ids.astype(np.int64),
+        texts["title"].to_pylist(),
+        vectors.astype(np.float32),
+        years,
+        genres,
+        np.zeros(len(movie_ids), bool),
+        features,
+        width,
+    )
 
     if paths.added_movies.exists():
         new = pq.read_table(paths.added_movies)
+        if not {"year", "genres"} <= set(new.column_names):
+            raise ValueError(
+                f"`{paths.added_movies}` was written before added movies kept "
+                "their year and genres. Delete it and `added_embeddings.npz`, "
+                "then run `recray add-movies` again with the same files."
+            )
         with np.load(_need(paths.added_embeddings, "added movies lack vectors")) as s:
             new_ids, new_vectors = s["movie_id"], s["vectors"]
         if not np.array_equal(new_ids, new["movie_id"].to_numpy()):
@@ -136,13 +214,8 @@ def load_catalogue(paths: ServingPaths) -> Catalogue:
                 f"`{paths.added_embeddings}` and `{paths.added_movies}` disagree "
                 "on the added movies; restore both from the same `add-movies`."
             )
-        movie_ids = np.concatenate([movie_ids, new_ids])
-        vectors = np.concatenate([vectors, new_vectors])
-        titles += new["title"].to_pylist()
-        added = np.concatenate([added, np.ones(len(new_ids), bool)])
-    return Catalogue(
-        movie_ids.astype(np.int64), titles, vectors.astype(np.float32), added
-    )
+        catalogue = catalogue.extended(new, new_vectors)
+    return catalogue
 
 
 def read_index_info(paths: ServingPaths) -> dict:

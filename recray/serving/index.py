@@ -82,7 +82,7 @@ def build_index(
     candidate_model = ExportedCandidateModel(paths.candidate_model)
     candidates = np.concatenate(
         [
-            candidate_model(catalogue.vectors[start : start + 8192])
+            candidate_model(catalogue.inputs[start : start + 8192])
             for start in range(0, len(catalogue), 8192)
         ]
     )  # [num_movies, output_dim]

@@ -118,7 +118,7 @@ class Recommender:
         centred = ratings - ratings.mean()
         rows, centred = rows[-self.max_history :], centred[-self.max_history :]
         query = self.query_model.from_vectors(
-            self.catalogue.vectors[rows][np.newaxis],  # [1, n, dim]
+            self.catalogue.inputs[rows][np.newaxis],  # [1, n, width]
             np.ones((1, len(rows)), bool),
             centred[np.newaxis].astype(np.float32),
         )  # [1, output_dim]

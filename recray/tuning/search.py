@@ -80,6 +80,9 @@ def prepare_run(config: PipelineConfig, paths: pipeline.RunPaths) -> None:
         "histories": paths.histories,
     }
     missing = [stage for stage in PREPARE_STAGES if not outputs[stage].exists()]
+    if not missing and not pipeline.has_years_and_genres(paths.movie_texts):
+        # Ingested before movie texts kept year and genres: ingest again.
+        missing = list(PREPARE_STAGES)
     if not missing:
         pipeline.check_earlier_settings(config, paths, "train")
         logger.info("Reusing the prepared run folder %s", paths.root)

@@ -8,15 +8,9 @@ import pytest
 from recray.data.cold_start import (
     choose_cold_movies,
     mask_cold_history,
-    title_years,
     without_cold_targets,
 )
 from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
-
-
-def test_title_years_read_the_trailing_year():
-    years = title_years(["Toy Story (1995)", "Untitled", "Heat (1995) (2001)"])
-    np.testing.assert_array_equal(years, [1995, 0, 2001])
 
 
 def test_the_latest_years_closest_to_the_share_are_cold():

@@ -100,13 +100,16 @@ def test_text_reads_as_one_paragraph() -> None:
 
     texts = build_movie_texts(movielens, small_tmdb(), top_tags=3)
 
-    assert texts.schema.names == ["movie_id", "title", "text"]
+    assert texts.schema.names == ["movie_id", "title", "text", "year", "genres"]
     assert texts["movie_id"].to_pylist() == [2, 6, 9]
     assert texts["title"].to_pylist() == [
         "Jumanji (1995)",
         "Heat (1995)",
         "Black Mirror",
     ]
+    # What the towers read of year and genres, beside the text.
+    assert texts["year"].to_pylist() == [1995, 1995, None]
+    assert texts["genres"].to_pylist() == [["Fantasy"], ["Action", "Crime"], []]
     assert texts_by_id(texts) == {
         # Tags: "pacino" twice wins, then ties alphabetically, case-folded.
         6: "Heat (1995). Genres: Action, Crime. "

@@ -424,23 +424,34 @@ embed_movie_texts(pq.read_table(sys.argv[3]), config)
 
 
 def _wait_for_no_embedding_actors(timeout_s: float) -> None:
+    """Wait until no embedding actor of another job (the killed one) lives.
+
+    Actors of this test session's own driver are left out: earlier tests'
+    pools may linger here until garbage collection, and they hold no request.
+    """
     import ray
 
+    own_job = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # The GCS's actor table, through this driver's own connection.
-        actors = ray._private.state.actors().values()
-        if not any(
-            actor["State"] != "DEAD"
+        alive = [
+            actor
+            for actor in ray._private.state.actors().values()
+            if actor["State"] != "DEAD"
+            and actor["JobID"] != own_job
             and any(
                 name in actor["ActorClassName"]
                 for name in ("OpenAIEmbedder", "RateLimiter")
             )
-            for actor in actors
-        ):
+        ]
+        if not alive:
             return
         time.sleep(0.5)
-    raise AssertionError(f"The killed job's actors still live after {timeout_s} s.")
+    described = [(a["ActorClassName"], a["State"], a["JobID"]) for a in alive]
+    raise AssertionError(
+        f"The killed job's actors still live after {timeout_s} s: {described}"
+    )
 
 
 @pytest.mark.slow

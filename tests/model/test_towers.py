@@ -14,6 +14,7 @@ from recray.model.towers import (
     HISTORY_RATINGS,
     MaskedPooling,
     QueryModel,
+    RecencyEncoding,
     RetrievalModel,
     text_embedding_layer,
 )
@@ -85,13 +86,58 @@ def test_residual_attention_keeps_the_movies_when_attention_adds_nothing():
     )
 
 
-def test_the_tower_reads_a_history_as_a_set():
+def test_without_recency_the_tower_reads_a_history_as_a_set():
     # No position enters the tower (as in the seed's design): time order only
     # decides which `max_history` movies are kept.
-    model = QueryModel(text_embedding_layer(_movie_vectors(), "movies"), ModelConfig())
+    config = ModelConfig(recency_positions=0)
+    model = QueryModel(text_embedding_layer(_movie_vectors(), "movies"), config)
     forward = model(_history([[3, 4, 5]], [[0.5, -0.5, 1.0]]))
     shuffled = model(_history([[5, 3, 4]], [[1.0, 0.5, -0.5]]))
     np.testing.assert_allclose(forward.numpy(), shuffled.numpy(), atol=1e-5)
+
+
+def test_recency_vectors_by_hand():
+    layer = RecencyEncoding(positions=3)
+    sequence = tf.zeros([3, 4, 3])
+    mask = tf.constant(
+        [
+            [True, True, True, False],
+            [True, False, False, False],
+            [True, False, True, True],  # a cold-start movie read as padding
+        ]
+    )
+    layer.build(sequence.shape)
+    latest, second, older = [1.0, 2.0, 3.0], [10.0, 20.0, 30.0], [5.0, 5.0, 5.0]
+    layer.table.assign([latest, second, older])
+    pad = [0.0, 0.0, 0.0]
+
+    out = layer(sequence, mask).numpy()
+
+    # Oldest first: the last valid movie is the latest; every movie older
+    # than `positions - 1` shares the last vector; holes shift nothing.
+    np.testing.assert_allclose(out[0], [older, second, latest, pad])
+    np.testing.assert_allclose(out[1], [latest, pad, pad, pad])
+    np.testing.assert_allclose(out[2], [older, pad, second, latest])
+
+
+def test_recency_makes_order_count_and_ignores_padding():
+    model = QueryModel(
+        text_embedding_layer(_movie_vectors(), "movies"),
+        ModelConfig(recency_positions=3),
+    )
+    history = _history([[3, 4, 5]], [[0.5, -0.5, 1.0]])
+    model(history)
+    # Zero-initialised, recency changes nothing until it has learned.
+    model.recency.table.assign(
+        np.random.default_rng(0).normal(size=model.recency.table.shape)
+    )
+
+    forward = model(history).numpy()
+    shuffled = model(_history([[5, 3, 4]], [[1.0, 0.5, -0.5]])).numpy()
+    padded = model(_history([[3, 4, 5, 0, 0]], [[0.5, -0.5, 1.0, 0, 0]])).numpy()
+
+    assert not np.allclose(forward, shuffled, atol=1e-4)
+    np.testing.assert_allclose(forward, padded, atol=1e-5)
 
 
 def test_masked_pooling_by_hand():

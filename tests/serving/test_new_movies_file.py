@@ -70,7 +70,10 @@ def test_texts_are_written_as_the_ingest_stage_writes_them(tmp_path):
         "movie_id": 900,
         "title": "B (2001)",
         "text": "B (2001). Tags: fun, dull.",
+        "year": 2001,
+        "genres": [],
     }
+    assert (texts[1]["year"], texts[1]["genres"]) == (2016, ["Drama", "Sci-Fi"])
     assert texts[1]["text"] == (
         "Arrival (2016). Genres: Drama, Sci-Fi. Tagline: Why are they here. "
         "Overview: A linguist meets aliens. Starring: Amy Adams, Jeremy Renner. "

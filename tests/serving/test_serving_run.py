@@ -42,11 +42,18 @@ def run_dir(ray_cluster, tiny_movielens, tmdb_5000, tmp_path_factory) -> Path:
         # Spider-Man films to point at Spider-Man 3 (rank 2 of 428 when
         # measured; 3 epochs of 8-dim towers left it at rank 90). The loss
         # and attention are the ones it was measured with, pinned so that a
-        # change of defaults does not move this tiny run's calibration. The
-        # added movie is this run's cold-start movie: no split by year, and
-        # no ID baseline, which serving never reads.
+        # change of defaults does not move this tiny run's calibration; its
+        # histories of 5 movies get no recency vectors, and the movie rows
+        # keep the default year and genre features, which serving must
+        # build for an added movie. The added movie is this run's
+        # cold-start movie: no split by year, and no ID baseline, which
+        # serving never reads.
         model=ModelConfig(
-            num_heads=2, key_dim=8, temperature=0.05, attention_residual=False
+            num_heads=2,
+            key_dim=8,
+            temperature=0.05,
+            attention_residual=False,
+            recency_positions=0,
         ),
         train=TrainConfig(
             num_workers=1,
@@ -110,7 +117,7 @@ def test_exported_towers_match_the_trained_ones(run_dir):
     catalogue = load_catalogue(ServingPaths(run_dir))
     # The train stage's candidate embeddings come from the Keras tower on ids.
     trained = np.load(run_dir / "candidate_embeddings.npy")[1:]
-    exported = ExportedCandidateModel(run_dir / "candidate_model")(catalogue.vectors)
+    exported = ExportedCandidateModel(run_dir / "candidate_model")(catalogue.inputs)
     np.testing.assert_allclose(exported, trained, atol=1e-5)
 
     query_model = ExportedQueryModel(run_dir / "query_model")
@@ -118,9 +125,7 @@ def test_exported_towers_match_the_trained_ones(run_dir):
     ids = rng.integers(1, len(catalogue) + 1, size=(6, 5)).astype(np.int32)
     ids[0, 2:] = 0
     ratings = rng.normal(size=ids.shape).astype(np.float32)
-    table = np.concatenate(
-        [np.zeros((1, catalogue.vectors.shape[1])), catalogue.vectors]
-    )
+    table = np.concatenate([np.zeros((1, catalogue.width)), catalogue.inputs])
     by_vectors = query_model.from_vectors(table[ids], ids != 0, ratings)
     np.testing.assert_allclose(by_vectors, query_model(ids, ratings), atol=1e-5)
 
@@ -148,7 +153,7 @@ def test_recommend_cli_prints_titles_and_scores(run_dir):
     # The same answer from numpy: centred ratings, query, candidates, top 7.
     rows = [titles.index(spider_man), titles.index(shrek)]
     query = recommender.query_model.from_vectors(
-        recommender.catalogue.vectors[rows][None],
+        recommender.catalogue.inputs[rows][None],
         np.ones((1, 2), bool),
         np.array([[1.0, -1.0]], np.float32),  # 5 and 3 around their mean of 4
     )[0]
@@ -223,6 +228,11 @@ def test_added_movie_is_recommended_for_its_nearest_neighbours(
     assert len(after.catalogue) == len(before.catalogue) + 1
     new_row = after.catalogue.titles.index(record["title"])
     assert after.catalogue.added[new_row]
+    # The towers read its year and genres too, as they read a trained movie's.
+    assert after.catalogue.years[new_row] == 2007
+    assert after.catalogue.genres[new_row] == record["genres"]
+    width = before.catalogue.width
+    assert after.catalogue.inputs.shape == (len(after.catalogue), width)
     info = json.loads((run_dir / "index" / "index.json").read_text())
     assert info["movies"] == len(after.catalogue) and info["added_movies"] == 1
 

@@ -33,7 +33,11 @@ def _model(seed: int, config: ModelConfig, vocab_size: int = 12) -> RetrievalMod
 def test_weights_round_trip_with_the_epoch(tmp_path: Path):
     config = ModelConfig(key_dim=4, dense_units=8, output_dim=4)
     trained, fresh = _model(1, config), _model(2, config)
-    assert not np.allclose(trained.trainable_weights[0], fresh.trainable_weights[0])
+    # Some weights start at zero whatever the seed (recency vectors, biases).
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(trained.trainable_weights, fresh.trainable_weights, strict=True)
+    )
 
     save_weights(trained, tmp_path, epoch=3)
     assert load_weights(fresh, tmp_path) == 3
