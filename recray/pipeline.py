@@ -329,20 +329,19 @@ def read_years_and_genres(texts_path: Path) -> tuple[np.ndarray, list[list[str]]
     return years, table["genres"].to_pylist()
 
 
-def feature_spec(config: PipelineConfig, paths: RunPaths, counts: np.ndarray):
+def feature_spec(config: PipelineConfig, years: np.ndarray, counts: np.ndarray):
     """The `recray.data.movie_features.FeatureSpec` of this run's settings;
     years clip at the latest movie with training ratings.
 
     Args:
         config: The run's settings.
-        paths: The run folder.
+        years: [num_movies] release years of the vocabulary's movies.
         counts: [vocab_size] training ratings per vocabulary row.
     """
     from recray.data.movie_features import FeatureSpec, last_training_year
 
     last_year = None
     if config.model.year_features:
-        years, _ = read_years_and_genres(paths.movie_texts)
         last_year = last_training_year(years, counts[1:])
     return FeatureSpec(
         config.model.year_features, config.model.genre_features, last_year
@@ -365,7 +364,7 @@ def movie_table(
 
     text = _text_table(paths)
     years, genres = read_years_and_genres(paths.movie_texts)
-    spec = feature_spec(config, paths, counts)
+    spec = feature_spec(config, years, counts)
     if spec.genre_features:
         warn_of_unknown_genres(genres)
     rows = tower_inputs(text[1:], years, genres, spec)
@@ -545,8 +544,9 @@ def train(config: PipelineConfig, paths: RunPaths) -> None:
     into `id_two_tower/`. Cold-start movies are kept out of both."""
     movie_vectors, counts, datasets, negative_rows = training_inputs(config, paths)
     # What serving needs to build the rows of any movie as training did.
+    years, _ = read_years_and_genres(paths.movie_texts)
     movie_features = {
-        **dataclasses.asdict(feature_spec(config, paths, counts)),
+        **dataclasses.asdict(feature_spec(config, years, counts)),
         "width": int(movie_vectors.shape[1]),
     }
     # Serving feeds rows of the frozen movie table to the exported towers,
