@@ -196,6 +196,7 @@ def _tags_for_texts(config: PipelineConfig, movielens: MovieLensData) -> pa.Tabl
     for a movie nobody has seen yet, so it has no tags either.
     """
     from recray.data.histories import is_validation_user
+    from recray.data.movie_features import column_years
 
     ratings, tags = movielens.ratings, movielens.tags
     if tags.num_rows == 0:
@@ -212,7 +213,7 @@ def _tags_for_texts(config: PipelineConfig, movielens: MovieLensData) -> pa.Tabl
     movies = movielens.movies.sort_by("movie_id")
     cold = _cold_split(
         movies["movie_id"].to_numpy(),
-        movies["year"].fill_null(0).to_numpy(),
+        column_years(movies),
         ratings["movie_id"].to_numpy(),
         config.train.cold_start_fraction,
     )
@@ -324,9 +325,10 @@ def read_years_and_genres(texts_path: Path) -> tuple[np.ndarray, list[list[str]]
             "before the towers read them. Rerun the `ingest` stage (and those "
             "after it) for this run."
         )
+    from recray.data.movie_features import column_years
+
     table = pq.read_table(texts_path, columns=["year", "genres"])
-    years = table["year"].fill_null(0).to_numpy().astype(np.int32)
-    return years, table["genres"].to_pylist()
+    return column_years(table), table["genres"].to_pylist()
 
 
 def feature_spec(config: PipelineConfig, years: np.ndarray, counts: np.ndarray):

@@ -63,6 +63,11 @@ YEAR_CENTRES = np.arange(1900, 2031, 5, dtype=np.float32)
 YEAR_WIDTH = 5.0
 
 
+def column_years(table) -> np.ndarray:
+    """The `year` column of a pyarrow table as int32 [num], 0 where null."""
+    return table["year"].fill_null(0).to_numpy().astype(np.int32)
+
+
 def year_encoding(years: np.ndarray, last_year: int) -> np.ndarray:
     """Gaussian bumps of each movie's release year.
 
@@ -169,14 +174,6 @@ class FeatureSpec:
         if self.year_features and self.last_year is None:
             raise ValueError("`year_features` needs `last_year`, the clip year.")
 
-    def width(self, text_dim: int) -> int:
-        """Width of a table row for text embeddings of `text_dim`."""
-        return (
-            text_dim
-            + len(YEAR_CENTRES) * self.year_features
-            + len(GENRES) * self.genre_features
-        )
-
 
 def tower_inputs(
     text_vectors: np.ndarray,
@@ -193,7 +190,7 @@ def tower_inputs(
         spec: What to append.
 
     Returns:
-        [num, spec.width(dim)] float32.
+        [num, dim (+ len(YEAR_CENTRES)) (+ len(GENRES))] float32.
     """
     parts = [np.asarray(text_vectors, dtype=np.float32)]
     if spec.year_features:

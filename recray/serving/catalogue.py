@@ -35,9 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recray.config import PipelineConfig, load_yaml
-from recray.data.movie_features import FeatureSpec, tower_inputs
+from recray.data.movie_features import FeatureSpec, column_years, tower_inputs
 from recray.data.texts import MOVIE_TEXTS_SCHEMA
-from recray.pipeline import RunPaths, read_years_and_genres
+from recray.pipeline import RunPaths, has_years_and_genres, read_years_and_genres
 from recray.serving.titles import TitleMatcher
 
 # Added movies are stored as ingest stores the run's own.
@@ -148,14 +148,10 @@ class Catalogue:
             movie_ids=np.concatenate([self.movie_ids, texts["movie_id"].to_numpy()]),
             titles=self.titles + texts["title"].to_pylist(),
             vectors=np.concatenate([self.vectors, vectors.astype(np.float32)]),
-            years=np.concatenate([self.years, _years(texts)]),
+            years=np.concatenate([self.years, column_years(texts)]),
             genres=self.genres + texts["genres"].to_pylist(),
             added=np.concatenate([self.added, np.ones(texts.num_rows, bool)]),
         )
-
-
-def _years(texts: pa.Table) -> np.ndarray:
-    return texts["year"].fill_null(0).to_numpy().astype(np.int32)
 
 
 def _read_features(paths: ServingPaths) -> tuple[FeatureSpec | None, int | None]:
@@ -200,13 +196,13 @@ def load_catalogue(paths: ServingPaths) -> Catalogue:
     )
 
     if paths.added_movies.exists():
-        new = pq.read_table(paths.added_movies)
-        if not {"year", "genres"} <= set(new.column_names):
+        if not has_years_and_genres(paths.added_movies):
             raise ValueError(
                 f"`{paths.added_movies}` was written before added movies kept "
                 "their year and genres. Delete it and `added_embeddings.npz`, "
                 "then run `recray add-movies` again with the same files."
             )
+        new = pq.read_table(paths.added_movies)
         with np.load(_need(paths.added_embeddings, "added movies lack vectors")) as s:
             new_ids, new_vectors = s["movie_id"], s["vectors"]
         if not np.array_equal(new_ids, new["movie_id"].to_numpy()):
