@@ -50,13 +50,13 @@ from recray.config import DataConfig  # noqa: E402
 from recray.data import DataReport, load_movielens  # noqa: E402
 from recray.data.histories import (  # noqa: E402
     SPLITS,
-    MovieVocabulary,
     _user_uniform,
     examples_of_sorted,
     examples_table,
     validation_mask,
 )
 from recray.data.synth import SynthSpec, write_synthetic  # noqa: E402
+from recray.data.vocabulary import MovieVocabulary  # noqa: E402
 from recray.schema import USER_ID  # noqa: E402
 
 GIB = 1 << 30

@@ -134,7 +134,7 @@ def main() -> None:
         recommender = Recommender(root)
         index_kind = read_index_info(ServingPaths(root))["kind"]
         index = ExportedIndex(root / "index" / INDEX_MODEL)
-        candidates = np.load(root / "index" / INDEX_CANDIDATES)  # [movies, out]
+        candidates = np.load(root / "index" / INDEX_CANDIDATES)  # [movies, dim]
         queries = rng.normal(size=(args.queries + args.warmup, candidates.shape[1]))
         queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(
             np.float32
@@ -179,7 +179,7 @@ def main() -> None:
         "benchmark": "serve",
         "movies": NUM_MOVIES,
         "text_dim": TEXT_DIM,
-        "output_dim": int(candidates.shape[1]),
+        "embedding_dim": int(candidates.shape[1]),
         "history_length": length,
         "k": args.k,
         "queries": args.queries,

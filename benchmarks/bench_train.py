@@ -93,7 +93,7 @@ def main() -> None:
         "epochs": args.epochs,
         "batch_size_per_worker": config.train.batch_size,
         "model": "default ModelConfig (frozen text with year and genre features, "
-        "recency, attention, catalogue softmax)",
+        "recency, attention, movie bias, catalogue softmax)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "runs": {},
     }

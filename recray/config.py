@@ -214,7 +214,8 @@ class ModelConfig:
         pooling: Masked `average` or `max` pooling over the history.
         dense_units: Width of the hidden Dense layer of both towers.
         dropout: Dropout rate after the query tower's hidden Dense layer.
-        output_dim: Size of query and candidate embeddings.
+        output_dim: Size of query and candidate embeddings, before the
+            column of the movie bias (`embedding_dim`).
         negatives: `catalogue` scores every movie (a full softmax, exact while
             the catalogue fits in memory); `in_batch` uses the other targets
             of the batch as negatives, as in TFRS' Retrieval task.
@@ -237,6 +238,11 @@ class ModelConfig:
             each movie's text embedding (`text` and `text_id` only).
         genre_features: Append flags of the movie's MovieLens genres to
             each movie's text embedding (`text` and `text_id` only).
+        movie_bias: Learn a score per movie, added to every query's score of
+            it, so that how often a movie is watched need not be learnt from
+            its text. A movie training never scored (cold-start, added
+            later) keeps a score of 0. Query and candidate embeddings get one
+            more column each (`embedding_dim`) that carries it.
     """
 
     num_heads: int = 2
@@ -259,6 +265,7 @@ class ModelConfig:
     recency_positions: int = 10
     year_features: bool = True
     genre_features: bool = True
+    movie_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in (
@@ -281,6 +288,12 @@ class ModelConfig:
         _require(
             self.temperature > 0, f"`temperature` must be > 0, got {self.temperature}."
         )
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of query and candidate embeddings: `output_dim`, plus the
+        column of the movie bias where there is one."""
+        return self.output_dim + int(self.movie_bias)
 
 
 @dataclass(frozen=True)

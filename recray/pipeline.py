@@ -270,7 +270,7 @@ def embed(config: PipelineConfig, paths: RunPaths) -> None:
 
 
 def _vocabulary_of(movie_ids: np.ndarray):
-    from recray.data.histories import MovieVocabulary
+    from recray.data.vocabulary import MovieVocabulary
 
     return MovieVocabulary(np.asarray(movie_ids))
 
@@ -386,6 +386,20 @@ def _cold_split(
 
     rows = _vocabulary_of(movie_ids).rows(rating_movie_ids)
     return choose_cold_movies(np.concatenate([[0], years]), rows, fraction)
+
+
+def _users_of(user_ids: np.ndarray, is_cold_target: np.ndarray) -> dict:
+    """How many users the evaluated examples come from, and how much the
+    cold-start rows lean on a few of them: their examples are a user's
+    sessions, so far from independent."""
+    _, cold_counts = np.unique(user_ids[is_cold_target], return_counts=True)
+    largest_first = np.sort(cold_counts)[::-1] / max(cold_counts.sum(), 1)
+    return {
+        "all": int(len(np.unique(user_ids))),
+        "cold": int(len(cold_counts)),
+        "cold_share_of_largest_user": round(float(largest_first[:1].sum()), 4),
+        "cold_share_of_largest_8_users": round(float(largest_first[:8].sum()), 4),
+    }
 
 
 def _cold_start(config: PipelineConfig, paths: RunPaths):
@@ -613,8 +627,8 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
     `popularity`, `ease`, `id_two_tower`), then on the examples whose target
     is a warm movie (`warm:<name>`) and a cold-start movie (`cold:<name>`).
     Id-based scorers rank a movie no training user rated lowest, so they hit
-    no cold-start target. `evaluation.json` records EASE's choice of `l2`
-    and the cold-start split.
+    no cold-start target. `evaluation.json` records EASE's choice of `l2`,
+    the cold-start split and how many users the examples come from.
     """
     from recray.data.cold_start import mask_cold_history
     from recray.data.histories import rated_before, read_examples
@@ -625,7 +639,7 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
         seeded_sample,
     )
     from recray.model.export import ExportedQueryModel
-    from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID
+    from recray.schema import HISTORY_IDS, HISTORY_RATINGS, TARGET_ID, USER_ID
 
     dataset = read_examples(_require(paths.examples / "validation", "histories"))
     examples = dataset.take_batch(batch_size=dataset.count(), batch_format="numpy")
@@ -685,6 +699,7 @@ def evaluate(config: PipelineConfig, paths: RunPaths) -> dict[str, dict[str, flo
         "warm": int((~is_cold_target).sum()),
         "cold": int(is_cold_target.sum()),
     }
+    info["users"] = _users_of(examples[USER_ID], is_cold_target)
     metrics: dict[str, dict[str, float]] = {}
     subsets: dict[str, dict[str, float]] = {}
     for name, score in scorers.items():

@@ -66,6 +66,17 @@ def test_metrics_cover_model_and_popularity_on_the_same_examples(tiny_run):
         ]
         assert sum(part["examples"] for part in parts) == metrics[name]["examples"]
     assert metrics["cold:model"]["examples"] == info["examples"]["cold"] > 0
+    # The users behind those examples: validation users (those with more
+    # than one rating), a part of them with cold-start targets.
+    assert 0 < info["users"]["all"] <= histories["users"]["validation"]
+    assert 0 < info["users"]["cold"] <= info["users"]["all"]
+    shares = info["users"]
+    assert (
+        0
+        < shares["cold_share_of_largest_user"]
+        <= shares["cold_share_of_largest_8_users"]
+        <= 1
+    )
     # Id-based scorers know nothing of a movie kept out of training.
     for name in ("popularity", "ease", "id_two_tower"):
         assert metrics[f"cold:{name}"]["hr@100"] == 0.0
@@ -126,7 +137,7 @@ def test_config_is_saved_and_reloads(tiny_run):
 def test_exported_query_model_serves_the_trained_weights(tiny_run):
     config, paths = tiny_run
     candidates = np.load(paths.candidate_embeddings)
-    assert candidates.shape[1] == config.model.output_dim
+    assert candidates.shape[1] == config.model.embedding_dim
     np.testing.assert_array_equal(candidates[0], 0.0)  # the padding row
 
     # The SavedModel, loaded in a fresh process with TensorFlow alone.
@@ -163,7 +174,11 @@ print(json.dumps(out["query_embedding"].numpy().tolist()))
     ).numpy()
 
     np.testing.assert_allclose(exported, rebuilt, atol=1e-5)
-    assert np.linalg.norm(exported) == pytest.approx(1.0, abs=1e-4)
+    # Unit length, then the column of ones that meets each movie's bias.
+    width = config.model.output_dim
+    assert np.linalg.norm(exported[0, :width]) == pytest.approx(1.0, abs=1e-4)
+    ones = np.ones(int(config.model.movie_bias))
+    np.testing.assert_array_equal(exported[0, width:], ones)
 
 
 def test_evaluate_alone_reproduces_the_metrics(tiny_run):

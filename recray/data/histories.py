@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import ray
 
 from recray.config import DataConfig
+from recray.data.vocabulary import MovieVocabulary
 from recray.schema import (
     EXAMPLE_COLUMNS,
     HISTORY_IDS,
@@ -51,29 +52,6 @@ from recray.schema import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
-
-
-@dataclass(frozen=True)
-class MovieVocabulary:
-    """Maps MovieLens movie ids to rows of the embedding table.
-
-    Row `PAD_ID` (0) is padding and unknown movies; movie `movie_ids[i]` is
-    row `i + 1`.
-    """
-
-    movie_ids: np.ndarray  # [num_movies] sorted int64
-
-    @property
-    def size(self) -> int:
-        """Rows of the embedding table, the padding row included."""
-        return len(self.movie_ids) + 1
-
-    def rows(self, movie_ids: np.ndarray) -> np.ndarray:
-        """Vocabulary rows [n] of MovieLens ids [n]; unknown ids map to `PAD_ID`."""
-        positions = np.searchsorted(self.movie_ids, movie_ids)
-        positions = np.clip(positions, 0, len(self.movie_ids) - 1)
-        known = self.movie_ids[positions] == movie_ids
-        return np.where(known, positions + 1, PAD_ID).astype(np.int32)
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:

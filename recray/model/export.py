@@ -7,7 +7,7 @@ the `scann` package).
 Query model (`query_model/`), two signatures:
     `serving_default`: `history_ids` (int32) and `history_ratings` (float32),
         both [batch, length] with any length, rows of the training vocabulary
-        -> `query_embedding` [batch, output_dim].
+        -> `query_embedding` [batch, embedding_dim].
     `query_from_vectors`: `history_vectors` [batch, length, width] (float32),
         `history_mask` [batch, length] (bool, true on real movies) and
         `history_ratings` [batch, length] -> `query_embedding`. The query model
@@ -17,11 +17,18 @@ Query model (`query_model/`), two signatures:
         catalogue (`recray.serving`).
 
 Candidate model (`candidate_model/`), signature `serving_default`:
-    `movie_vectors` [num, width] -> `candidate_embedding` [num, output_dim]:
-    the candidate embedding of any movie whose row can be built.
+    `movie_vectors` [num, width] and `movie_rows` [num] (int32) ->
+    `candidate_embedding` [num, embedding_dim]: the candidate embedding of any
+    movie whose table row can be built. `movie_rows` is each movie's row of
+    the training vocabulary, which picks its learned bias (`movie_bias`), or
+    `PAD_ID` for a movie added after training: its bias is 0, as for the
+    cold-start movies training never scored.
+
+`embedding_dim` is the config's `output_dim`, plus one column with
+`movie_bias`: ones in query embeddings, the biases in candidate embeddings.
 
 Candidate index, signature `serving_default`:
-    `query_embedding` [batch, output_dim] and `k` (int32 scalar) -> `scores`
+    `query_embedding` [batch, embedding_dim] and `k` (int32 scalar) -> `scores`
     [batch, k] and `movie_ids` [batch, k] (int64), best first. TFRS'
     `BruteForce` (exact), or `ScaNN` (approximate) where `scann` is installed.
 
@@ -51,6 +58,7 @@ QUERY_FROM_VECTORS = "query_from_vectors"
 HISTORY_VECTORS = "history_vectors"
 HISTORY_MASK = "history_mask"
 MOVIE_VECTORS = "movie_vectors"
+MOVIE_ROWS = "movie_rows"
 SCORES = "scores"
 MOVIE_IDS = "movie_ids"
 
@@ -88,7 +96,7 @@ def query_from_vectors(
     history_mask: tf.Tensor,
     history_ratings: tf.Tensor,
 ) -> tf.Tensor:
-    """Query embeddings [batch, output_dim] of histories given as table rows.
+    """Query embeddings [batch, embedding_dim] of histories given as table rows.
 
     Args:
         query_model: A trained `recray.model.towers.QueryModel`.
@@ -106,12 +114,18 @@ def query_from_vectors(
 
 
 def candidates_from_vectors(
-    candidate_model: tf.keras.Model, movie_vectors: tf.Tensor
+    candidate_model: tf.keras.Model, movie_vectors: tf.Tensor, movie_rows: tf.Tensor
 ) -> tf.Tensor:
-    """Candidate embeddings [num, output_dim] of movie table rows [num, width]."""
-    ids = tf.ones(tf.shape(movie_vectors)[:1], tf.int32)
+    """Candidate embeddings [num, embedding_dim] of movie table rows.
+
+    Args:
+        candidate_model: A trained `recray.model.towers.CandidateModel`.
+        movie_vectors: [num, width] movie table rows.
+        movie_rows: [num] vocabulary rows, `PAD_ID` for movies outside the
+            training vocabulary; only the movie bias reads them.
+    """
     tower = _GivenVectors(candidate_model, movie_vectors)
-    return type(candidate_model).call(tower, ids, training=False)
+    return type(candidate_model).call(tower, movie_rows, training=False)
 
 
 def _movie_table(tower: tf.keras.Model) -> np.ndarray:
@@ -191,16 +205,18 @@ def export_candidate_model(candidate_model: tf.keras.Model, path: Path) -> None:
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([None, table.shape[1]], tf.float32, name=MOVIE_VECTORS)
+            tf.TensorSpec([None, table.shape[1]], tf.float32, name=MOVIE_VECTORS),
+            tf.TensorSpec([None], tf.int32, name=MOVIE_ROWS),
         ]
     )
-    def serve(movie_vectors: tf.Tensor) -> dict:
-        embedding = candidates_from_vectors(candidate_model, movie_vectors)
+    def serve(movie_vectors: tf.Tensor, movie_rows: tf.Tensor) -> dict:
+        embedding = candidates_from_vectors(candidate_model, movie_vectors, movie_rows)
         return {CANDIDATE_EMBEDDING: embedding}
 
     rows = np.arange(1, min(len(table), 65), dtype=np.int32)
     by_ids = candidate_model(tf.constant(rows), training=False).numpy()
-    by_vectors = serve(tf.constant(table[rows]))[CANDIDATE_EMBEDDING].numpy()
+    by_vectors = serve(tf.constant(table[rows]), tf.constant(rows))
+    by_vectors = by_vectors[CANDIDATE_EMBEDDING].numpy()
     _check_close("candidate_model", by_ids, by_vectors)
 
     tf.saved_model.save(
@@ -256,7 +272,7 @@ def export_index(
     """Write a top-k index over candidate embeddings as a SavedModel.
 
     Args:
-        candidate_embeddings: [num_movies, output_dim] float32.
+        candidate_embeddings: [num_movies, embedding_dim] float32.
         movie_ids: [num_movies] int64, the id of each row.
         path: Folder of the SavedModel.
         kind: `brute-force`, `scann` or `auto` (ScaNN where installed).
@@ -328,7 +344,7 @@ class ExportedQueryModel:
         history_ratings: np.ndarray,
         batch_size: int = 2048,
     ) -> np.ndarray:
-        """Query embeddings [n, output_dim] of padded histories [n, length]."""
+        """Query embeddings [n, embedding_dim] of padded histories [n, length]."""
         outputs = []
         for start in range(0, len(history_ids), batch_size):
             chunk = slice(start, start + batch_size)
@@ -345,7 +361,7 @@ class ExportedQueryModel:
         history_mask: np.ndarray,
         history_ratings: np.ndarray,
     ) -> np.ndarray:
-        """Query embeddings [n, output_dim] of histories as movie table rows.
+        """Query embeddings [n, embedding_dim] of histories as movie table rows.
 
         Args:
             history_vectors: [n, length, width] float32 movie table rows.
@@ -373,10 +389,20 @@ class ExportedCandidateModel:
 
     def __init__(self, path: Path) -> None:
         self._loaded, self._serve = _load_signature(path)
+        _, inputs = self._serve.structured_input_signature
+        if MOVIE_ROWS not in inputs:
+            raise ValueError(
+                f"The candidate model at `{path}` takes no `{MOVIE_ROWS}`: it "
+                "was exported by an older recray. Rerun the `train` stage."
+            )
 
-    def __call__(self, movie_vectors: np.ndarray) -> np.ndarray:
-        """Candidate embeddings [num, output_dim] of table rows [num, width]."""
-        result = self._serve(movie_vectors=tf.constant(movie_vectors, tf.float32))
+    def __call__(self, movie_vectors: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
+        """Candidate embeddings [num, embedding_dim] of table rows [num, width]
+        and vocabulary rows [num] (`PAD_ID` for movies outside it)."""
+        result = self._serve(
+            movie_vectors=tf.constant(movie_vectors, tf.float32),
+            movie_rows=tf.constant(movie_rows, tf.int32),
+        )
         return result[CANDIDATE_EMBEDDING].numpy()
 
 

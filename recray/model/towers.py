@@ -12,9 +12,18 @@ Query model (a user's watch history to a query embedding):
     latest `recency_positions` movies) -> masked self multi-head attention
     (added to the movies' own vectors unless `attention_residual` is off)
     -> masked average or max pooling -> Dense -> Dropout -> Dense [batch, out]
+    (-> a last column of ones, with `movie_bias`)
 
 Candidate model (movie ids to candidate embeddings):
     movie ids [num] -> the same frozen movie rows -> Dense -> Dense [num, out]
+    (-> a last column holding each movie's learned bias, with `movie_bias`)
+
+The bias column makes a query's score of a movie its embeddings' dot product
+plus the movie's bias. The catalogue softmax has to learn how often each
+movie is watched; without a bias the candidate tower must read that from the
+text, which ties it to the training movies. With one, popularity sits in a
+per-movie number and the tower learns what a movie is like, which carries
+over to movies training never saw: their bias stays 0.
 """
 
 from __future__ import annotations
@@ -204,7 +213,7 @@ class QueryModel(tf.keras.Model):
         self.projection = tf.keras.layers.Dense(config.output_dim, name="query_output")
 
     def call(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        """Query embeddings [batch, output_dim] for `history_ids` and
+        """Query embeddings [batch, embedding_dim] for `history_ids` and
         `history_ratings`, both [batch, max_history]."""
         ids = features[HISTORY_IDS]
         mask = tf.not_equal(ids, PAD_ID)  # [batch, max_history]
@@ -232,6 +241,9 @@ class QueryModel(tf.keras.Model):
         embedding = tf.cast(self.projection(hidden), tf.float32)
         if self.config.normalize_embeddings:
             embedding = tf.math.l2_normalize(embedding, axis=-1)
+        if self.config.movie_bias:
+            # Meets each candidate's bias column in the dot product.
+            embedding = tf.concat([embedding, tf.ones_like(embedding[:, :1])], axis=-1)
         return embedding
 
 
@@ -239,8 +251,18 @@ class CandidateModel(tf.keras.Model):
     """Maps movie ids to candidate embeddings through their text embeddings."""
 
     def __init__(
-        self, movie_embedding: tf.keras.layers.Layer, config: ModelConfig
+        self,
+        movie_embedding: tf.keras.layers.Layer,
+        config: ModelConfig,
+        vocab_size: int,
     ) -> None:
+        """Build the tower's layers.
+
+        Args:
+            movie_embedding: The movie table, shared with the query model.
+            config: Tower settings.
+            vocab_size: Rows of the movie table, for the movie bias.
+        """
         super().__init__(name="candidate_model")
         self.config = config
         self.movie_embedding = movie_embedding
@@ -250,13 +272,26 @@ class CandidateModel(tf.keras.Model):
         self.projection = tf.keras.layers.Dense(
             config.output_dim, name="candidate_output"
         )
+        # A row gets gradient only when its movie is scored in training, so
+        # the padding row and cold-start movies stay 0; movies added after
+        # training have no row and read the padding row's 0.
+        self.bias = (
+            tf.keras.layers.Embedding(
+                vocab_size, 1, embeddings_initializer="zeros", name="movie_bias"
+            )
+            if config.movie_bias
+            else None
+        )
 
     def call(self, movie_ids: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Candidate embeddings [num, output_dim] for movie ids [num]."""
+        """Candidate embeddings [num, embedding_dim] for movie ids [num]."""
         embedding = self.projection(self.hidden(self.movie_embedding(movie_ids)))
         embedding = tf.cast(embedding, tf.float32)
         if self.config.normalize_embeddings:
             embedding = tf.math.l2_normalize(embedding, axis=-1)
+        if self.bias is not None:
+            bias = tf.cast(self.bias(movie_ids), tf.float32)  # [num, 1]
+            embedding = tf.concat([embedding, bias], axis=-1)
         return embedding
 
 
@@ -298,7 +333,9 @@ class RetrievalModel(tf.keras.Model):
         # is 380 MB per worker.
         movie_embedding = movie_embedding_layer(movie_vectors, config)
         self.query_model = QueryModel(movie_embedding, config)
-        self.candidate_model = CandidateModel(movie_embedding, config)
+        self.candidate_model = CandidateModel(
+            movie_embedding, config, int(movie_vectors.shape[0])
+        )
         if negative_rows is None:
             negative_rows = np.arange(1, movie_vectors.shape[0])
         self.catalogue_ids = tf.constant(np.asarray(negative_rows), dtype=tf.int32)

@@ -37,7 +37,9 @@ import pyarrow.parquet as pq
 from recray.config import PipelineConfig, load_yaml
 from recray.data.movie_features import FeatureSpec, column_years, tower_inputs
 from recray.data.texts import MOVIE_TEXTS_SCHEMA
+from recray.data.vocabulary import MovieVocabulary
 from recray.pipeline import RunPaths, has_years_and_genres, read_years_and_genres
+from recray.schema import PAD_ID
 from recray.serving.titles import TitleMatcher
 
 # Added movies are stored as ingest stores the run's own.
@@ -130,6 +132,15 @@ class Catalogue:
                 f"{self.vectors.shape[1]}-dim now. Restore the run's embedder "
                 "settings, or rerun it from `embed`."
             )
+        return rows
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        """[num_movies] int32 training vocabulary row of each movie, `PAD_ID`
+        for added movies (the candidate model's `movie_rows`)."""
+        trained = self.movie_ids[~self.added]
+        rows = np.full(len(self), PAD_ID, np.int32)
+        rows[~self.added] = MovieVocabulary(trained).rows(trained)
         return rows
 
     def matcher(self) -> TitleMatcher:

@@ -82,10 +82,13 @@ def build_index(
     candidate_model = ExportedCandidateModel(paths.candidate_model)
     candidates = np.concatenate(
         [
-            candidate_model(catalogue.inputs[start : start + 8192])
+            candidate_model(
+                catalogue.inputs[start : start + 8192],
+                catalogue.rows[start : start + 8192],
+            )
             for start in range(0, len(catalogue), 8192)
         ]
-    )  # [num_movies, output_dim]
+    )  # [num_movies, embedding_dim]
     written: dict[str, str] = {}
 
     def write(folder: Path) -> None:
@@ -99,7 +102,7 @@ def build_index(
             "kind": written["kind"],
             "movies": len(catalogue),
             "added_movies": int(catalogue.added.sum()),
-            "output_dim": int(candidates.shape[1]),
+            "embedding_dim": int(candidates.shape[1]),
         }
         (folder / INDEX_INFO).write_text(json.dumps(info, indent=2) + "\n")
 

@@ -121,7 +121,7 @@ class Recommender:
             self.catalogue.inputs[rows][np.newaxis],  # [1, n, width]
             np.ones((1, len(rows)), bool),
             centred[np.newaxis].astype(np.float32),
-        )  # [1, output_dim]
+        )  # [1, embedding_dim]
 
         wanted = min(k + len(seen), len(self.catalogue))
         scores, movie_ids = self.index(query, wanted)

@@ -58,7 +58,7 @@ class ValidationSample:
                 ).numpy()
                 for start, stop in _chunks(len(self), QUERY_BATCH)
             ]
-        )  # [num, output_dim]
+        )  # [num, embedding_dim]
         rows = tf.range(self.vocab_size, dtype=tf.int32)
         candidates = model.candidate_model(rows, training=False).numpy()
         ranks = rank_in_chunks(
@@ -93,7 +93,8 @@ def sample_validation(
     Raises:
         ValueError: The run has no validation example.
     """
-    from recray.data.histories import MovieVocabulary, rated_before, read_examples
+    from recray.data.histories import rated_before, read_examples
+    from recray.data.vocabulary import MovieVocabulary
 
     dataset = read_examples(paths.examples / "validation")
     examples = dataset.take_batch(batch_size=dataset.count(), batch_format="numpy")

@@ -6,12 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from recray.data.histories import (
-    MovieVocabulary,
-    is_validation_user,
-    rated_before,
-    user_examples,
-)
+from recray.data.histories import is_validation_user, rated_before, user_examples
+from recray.data.vocabulary import MovieVocabulary
 from recray.schema import PAD_ID
 
 VOCABULARY = MovieVocabulary(np.array([10, 20, 30, 40, 50]))

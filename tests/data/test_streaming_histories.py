@@ -11,7 +11,6 @@ import pytest
 
 from recray.config import DataConfig
 from recray.data.histories import (
-    MovieVocabulary,
     examples_of_sorted,
     is_validation_user,
     plan_shards,
@@ -19,6 +18,7 @@ from recray.data.histories import (
     user_examples,
     write_examples,
 )
+from recray.data.vocabulary import MovieVocabulary
 from recray.schema import EXAMPLE_COLUMNS, POSITION, TARGET_ID, USER_ID
 
 

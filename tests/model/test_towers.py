@@ -274,7 +274,7 @@ def _trainable_tables(config: ModelConfig) -> list[str]:
     return sorted(
         w.name
         for w in model.trainable_weights
-        if "embedding" in w.name or "offset" in w.name
+        if ("embedding" in w.name or "offset" in w.name) and "movie_bias" not in w.name
     )
 
 
@@ -300,6 +300,56 @@ def test_text_id_starts_as_text_and_id_ignores_the_text():
     id_model.build_towers(max_history=3)
     id_table = id_model.candidate_model.movie_embedding
     assert id_table.trainable and id_table.embeddings.shape == (6, 5)
+
+
+def test_the_movie_bias_is_added_to_the_dot_product():
+    model = RetrievalModel(_movie_vectors(6, 4), ModelConfig(output_dim=3))
+    model.build_towers(max_history=3)
+    model.candidate_model.bias.set_weights([np.arange(6, dtype="f4")[:, None]])
+    history = _history([[1, 2, 0]], [[0.5, -0.5, 0.0]])
+    ids = tf.constant([2, 5], tf.int32)
+
+    queries = model.query_model(history).numpy()
+    candidates = model.candidate_model(ids).numpy()
+    assert queries.shape == (1, 4) and candidates.shape == (2, 4)
+    np.testing.assert_array_equal(queries[:, -1], [1.0])
+    np.testing.assert_array_equal(candidates[:, -1], [2.0, 5.0])
+    unbiased = queries[:, :3] @ candidates[:, :3].T
+    np.testing.assert_allclose(queries @ candidates.T, unbiased + [2.0, 5.0], rtol=1e-6)
+
+    plain = RetrievalModel(_movie_vectors(6, 4), ModelConfig(movie_bias=False))
+    assert plain.candidate_model.bias is None
+    assert plain.query_model(history).shape == (1, ModelConfig().output_dim)
+
+
+@pytest.mark.parametrize("negatives", ["catalogue", "in_batch"])
+def test_movies_training_never_scores_keep_a_zero_bias(negatives):
+    tf.keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 8, size=(128, 4)).astype(np.int32)
+    # Movie 1 is watched most, movie 7 least: what the bias should learn.
+    share = np.array([12.0, 8, 6, 4, 3, 2, 1])
+    targets = rng.choice(np.arange(1, 8), size=128, p=share / share.sum())
+    targets = targets.astype(np.int32)
+    features = {HISTORY_IDS: ids, HISTORY_RATINGS: np.zeros((128, 4), "f4")}
+    # Movies 8 and 9 are cold: never a target, no negative, no history movie.
+    model = RetrievalModel(
+        _movie_vectors(10, 4),
+        ModelConfig(dense_units=8, negatives=negatives),
+        target_frequencies=np.bincount(targets, minlength=10),
+        negative_rows=np.arange(1, 8),
+    )
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    model.fit(features, targets, batch_size=32, epochs=2, verbose=0)
+
+    bias = model.candidate_model.bias.get_weights()[0][:, 0]
+    np.testing.assert_array_equal(bias[[0, 8, 9]], 0.0)
+    assert np.all(bias[1:8] != 0.0)
+    if negatives == "catalogue":
+        # In-batch negatives are drawn by popularity, so there the bias need
+        # not follow it; against the whole catalogue it must.
+        counts = np.bincount(targets, minlength=8)[1:]
+        assert np.corrcoef(counts, bias[1:8])[0, 1] > 0.8
 
 
 def test_mixed_precision_steps_keep_float32_embeddings():

@@ -12,6 +12,7 @@ import pytest
 from recray.config import PipelineConfig, save_yaml
 from recray.data.movie_features import GENRES, YEAR_CENTRES
 from recray.data.texts import MOVIE_TEXTS_SCHEMA
+from recray.schema import PAD_ID
 from recray.serving.catalogue import ServingPaths, load_catalogue
 
 DIM = 4
@@ -51,6 +52,25 @@ def test_rows_are_the_text_then_year_and_genres(tmp_path):
     np.testing.assert_allclose(rows[:, :DIM], vectors)
     assert rows[0, DIM:].any()  # a year and a genre
     assert not rows[1, DIM:].any()  # neither
+
+
+def test_added_movies_have_no_vocabulary_row(tmp_path):
+    paths, vectors = _run(tmp_path)
+    catalogue = load_catalogue(paths)
+    new = pa.table(
+        {
+            "movie_id": [7],
+            "title": ["New (2030)"],
+            "text": ["New (2030)."],
+            "year": [2030],
+            "genres": [["Drama"]],
+        },
+        schema=MOVIE_TEXTS_SCHEMA,
+    )
+    extended = catalogue.extended(new, vectors[:1])
+    # Movie ids 1 and 2 are rows 1 and 2; the added movie gets the padding
+    # row, whose learned bias is 0.
+    np.testing.assert_array_equal(extended.rows, [1, 2, PAD_ID])
 
 
 def test_rows_wider_than_the_trained_towers_are_a_clear_error(tmp_path):

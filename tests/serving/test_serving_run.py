@@ -117,7 +117,9 @@ def test_exported_towers_match_the_trained_ones(run_dir):
     catalogue = load_catalogue(ServingPaths(run_dir))
     # The train stage's candidate embeddings come from the Keras tower on ids.
     trained = np.load(run_dir / "candidate_embeddings.npy")[1:]
-    exported = ExportedCandidateModel(run_dir / "candidate_model")(catalogue.inputs)
+    exported = ExportedCandidateModel(run_dir / "candidate_model")(
+        catalogue.inputs, catalogue.rows
+    )
     np.testing.assert_allclose(exported, trained, atol=1e-5)
 
     query_model = ExportedQueryModel(run_dir / "query_model")
@@ -235,6 +237,13 @@ def test_added_movie_is_recommended_for_its_nearest_neighbours(
     assert after.catalogue.inputs.shape == (len(after.catalogue), width)
     info = json.loads((run_dir / "index" / "index.json").read_text())
     assert info["movies"] == len(after.catalogue) and info["added_movies"] == 1
+    # Training never scored it, so it has no learned bias; the trained
+    # movies keep theirs.
+    indexed = np.load(run_dir / "index" / "candidate_embeddings.npy")
+    trained = np.load(run_dir / "candidate_embeddings.npy")[1:]
+    assert indexed[new_row, -1] == 0.0
+    np.testing.assert_allclose(indexed[~after.catalogue.added], trained, atol=1e-5)
+    assert np.abs(trained[:, -1]).max() > 0.0
 
     # A history of its five nearest movies by text, each rated 5.
     neighbours, _ = cosine_neighbours(after.catalogue.vectors, new_row, 5)
