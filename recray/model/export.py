@@ -313,7 +313,11 @@ def export_index(
     return kind
 
 
-def _load_signature(path: Path, name: str = "serving_default"):
+def _load_signature(
+    path: Path, name: str = "serving_default", inputs: tuple[str, ...] = ()
+):
+    """The loaded SavedModel at `path` and its signature `name`, which must
+    take every one of `inputs`: a clear error for an older export."""
     if not (path / "saved_model.pb").is_file():
         raise FileNotFoundError(
             f"No SavedModel at `{path}`; train a run first (`python jobs/pipeline.py`)."
@@ -325,8 +329,16 @@ def _load_signature(path: Path, name: str = "serving_default"):
             f"{sorted(loaded.signatures)}); it was exported by an older recray: "
             "rerun the `train` stage."
         )
+    signature = loaded.signatures[name]
+    missing = sorted(set(inputs) - set(signature.structured_input_signature[1]))
+    if missing:
+        raise ValueError(
+            f"The `{name}` signature of the SavedModel at `{path}` takes no "
+            f"{missing}; it was exported by an older recray: rerun the `train` "
+            "stage."
+        )
     # The signature holds the loaded object's variables only while it lives.
-    return loaded, loaded.signatures[name]
+    return loaded, signature
 
 
 class ExportedQueryModel:
@@ -388,13 +400,9 @@ class ExportedCandidateModel:
     """A candidate model loaded from `export_candidate_model`'s SavedModel."""
 
     def __init__(self, path: Path) -> None:
-        self._loaded, self._serve = _load_signature(path)
-        _, inputs = self._serve.structured_input_signature
-        if MOVIE_ROWS not in inputs:
-            raise ValueError(
-                f"The candidate model at `{path}` takes no `{MOVIE_ROWS}`: it "
-                "was exported by an older recray. Rerun the `train` stage."
-            )
+        self._loaded, self._serve = _load_signature(
+            path, inputs=(MOVIE_VECTORS, MOVIE_ROWS)
+        )
 
     def __call__(self, movie_vectors: np.ndarray, movie_rows: np.ndarray) -> np.ndarray:
         """Candidate embeddings [num, embedding_dim] of table rows [num, width]
